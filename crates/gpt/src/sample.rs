@@ -1,0 +1,279 @@
+//! Batched sampling with a KV cache.
+//!
+//! Up to `block_size` tokens, each step feeds one new token per sequence through the cache. Past it, the
+//! model must see the last `block_size` tokens at positions `0..block_size` (nanoGPT crops the context and
+//! recomputes): with learned absolute positions every cached key and value changes when the window slides,
+//! so the window is re-prefilled rather than rotated.
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::fused::fast_exp_slice;
+use crate::{Error, Gpt, KvCache, Result};
+
+/// How new tokens are drawn and when a sequence stops.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    /// A sequence ends when it draws this token (GPT-2's `<|endoftext|>`), which is not returned.
+    pub stop_token: Option<u32>,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self { max_new_tokens: 200, temperature: 1.0, top_k: None, top_p: None, stop_token: Some(50256) }
+    }
+}
+
+impl GenerateConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Generate(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1".into());
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p must be in (0, 1], got {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sampler(&self) -> Sampler {
+        Sampler { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
+}
+
+/// Draws one token from one row of logits: temperature, then top-k, then top-p (nucleus), as nanoGPT and
+/// Hugging Face apply them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampler {
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+}
+
+impl Sampler {
+    /// `logits` is overwritten.
+    pub fn sample(&self, logits: &mut [f32], rng: &mut ChaCha8Rng) -> u32 {
+        let v = logits.len();
+        if self.temperature == 0.0 {
+            let mut best = 0;
+            for (i, &x) in logits.iter().enumerate() {
+                if x > logits[best] {
+                    best = i;
+                }
+            }
+            return best as u32;
+        }
+        let inv_t = 1.0 / self.temperature;
+        logits.iter_mut().for_each(|x| *x *= inv_t);
+        if let Some(k) = self.top_k.filter(|&k| k < v) {
+            let mut sorted = logits.to_vec();
+            let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let threshold = *kth;
+            logits.iter_mut().filter(|x| **x < threshold).for_each(|x| *x = f32::NEG_INFINITY);
+        }
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let total = fast_exp_slice(logits, max) as f64;
+        let probs = logits;
+        if let Some(p) = self.top_p.filter(|&p| p < 1.0) {
+            let kept = nucleus(probs, total, p as f64);
+            let mass: f64 = kept.iter().map(|&i| probs[i as usize] as f64).sum();
+            let mut u = rng.random::<f64>() * mass;
+            for &i in &kept {
+                u -= probs[i as usize] as f64;
+                if u <= 0.0 {
+                    return i;
+                }
+            }
+            return *kept.last().expect("nucleus is never empty");
+        }
+        let mut u = rng.random::<f64>() * total;
+        let mut last_nonzero = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                last_nonzero = i;
+                u -= p as f64;
+                if u <= 0.0 {
+                    return i as u32;
+                }
+            }
+        }
+        last_nonzero as u32
+    }
+}
+
+/// The smallest set of most probable tokens whose mass reaches `p` of `total`, most probable first. Sorts
+/// only as many candidates as it needs: the nucleus of a 50k vocabulary is usually a few hundred tokens.
+fn nucleus(probs: &[f32], total: f64, p: f64) -> Vec<u32> {
+    let mut cand: Vec<u32> = (0..probs.len() as u32).filter(|&i| probs[i as usize] > 0.0).collect();
+    let by_prob = |a: &u32, b: &u32| probs[*b as usize].total_cmp(&probs[*a as usize]).then(a.cmp(b));
+    let mut k = 256.min(cand.len());
+    loop {
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, by_prob);
+        }
+        cand[..k].sort_unstable_by(by_prob);
+        let mut cum = 0.0;
+        for j in 0..k {
+            cum += probs[cand[j] as usize] as f64;
+            if cum >= p * total {
+                cand.truncate(j + 1);
+                return cand;
+            }
+        }
+        if k == cand.len() {
+            return cand;
+        }
+        k = (k * 8).min(cand.len());
+    }
+}
+
+/// Step-by-step batched decoding: holds each sequence's context, the KV cache, and the logits of the next
+/// token. All sequences have the same length (they start from prompts of equal length and advance together).
+pub struct Decoder<'a> {
+    model: &'a Gpt,
+    cache: KvCache,
+    tokens: Vec<Vec<u32>>,
+    logits: Tensor,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(model: &'a Gpt, prompts: Vec<Vec<u32>>) -> Result<Self> {
+        let len = prompts.first().map_or(0, |p| p.len());
+        if len == 0 || prompts.iter().any(|p| p.len() != len) {
+            return Err(Error::Generate("prompts must be non-empty and of equal length".into()));
+        }
+        let vocab = model.config().vocab_size;
+        if prompts.iter().flatten().any(|&t| t as usize >= vocab) {
+            return Err(Error::Generate(format!("a prompt token is outside the vocabulary of {vocab}")));
+        }
+        let mut d = Self { model, cache: KvCache::default(), tokens: prompts, logits: Tensor::zeros(1, DType::F32, model.device())? };
+        d.prefill()?;
+        Ok(d)
+    }
+
+    fn prefill(&mut self) -> Result<()> {
+        let block = self.model.config().block_size;
+        let len = self.tokens[0].len();
+        let start = len.saturating_sub(block);
+        let window: Vec<u32> = self.tokens.iter().flat_map(|t| t[start..].iter().copied()).collect();
+        let idx = Tensor::from_vec(window, (self.tokens.len(), len - start), self.model.device())?;
+        self.cache.clear();
+        self.logits = self.model.forward_last(&idx, &mut self.cache)?;
+        Ok(())
+    }
+
+    /// Logits `[B, vocab]` of the next token of every sequence still in the batch.
+    pub fn logits(&self) -> &Tensor {
+        &self.logits
+    }
+
+    /// The full context of every sequence still in the batch.
+    pub fn tokens(&self) -> &[Vec<u32>] {
+        &self.tokens
+    }
+
+    /// Appends one token to every sequence and computes the next logits.
+    pub fn push(&mut self, next: &[u32]) -> Result<()> {
+        if next.len() != self.tokens.len() {
+            return Err(Error::Generate(format!("{} tokens for {} sequences", next.len(), self.tokens.len())));
+        }
+        for (t, &n) in self.tokens.iter_mut().zip(next) {
+            t.push(n);
+        }
+        if self.tokens[0].len() > self.model.config().block_size {
+            return self.prefill();
+        }
+        let idx = Tensor::from_vec(next.to_vec(), (next.len(), 1), self.model.device())?;
+        self.logits = self.model.forward_last(&idx, &mut self.cache)?;
+        Ok(())
+    }
+
+    /// Keeps the sequences whose flag is true, in order.
+    pub fn retain(&mut self, keep: &[bool]) -> Result<()> {
+        let rows: Vec<u32> = (0..keep.len() as u32).filter(|&i| keep[i as usize]).collect();
+        if rows.len() == keep.len() {
+            return Ok(());
+        }
+        retain_flagged(&mut self.tokens, keep);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = Tensor::new(rows.as_slice(), self.model.device())?;
+        self.cache.retain_rows(&rows)?;
+        self.logits = self.logits.index_select(&rows, 0)?;
+        Ok(())
+    }
+}
+
+/// Generates `count` continuations of `prompt` in one batch. Sequence `i` draws from its own RNG stream
+/// (`seed`, `first_stream + i`), so its text does not depend on the batch it ran in. Returns the new tokens of
+/// each sequence, without the prompt and without the stop token.
+pub fn generate(
+    model: &Gpt,
+    prompt: &[u32],
+    count: usize,
+    cfg: &GenerateConfig,
+    seed: u64,
+    first_stream: u64,
+) -> Result<Vec<Vec<u32>>> {
+    cfg.validate()?;
+    let sampler = cfg.sampler();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); count];
+    if count == 0 || cfg.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut rngs: Vec<ChaCha8Rng> = (0..count as u64)
+        .map(|i| {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            r.set_stream(first_stream + i);
+            r
+        })
+        .collect();
+    let mut active: Vec<usize> = (0..count).collect();
+    let mut dec = Decoder::new(model, vec![prompt.to_vec(); count])?;
+    let vocab = model.config().vocab_size;
+    for step in 0..cfg.max_new_tokens {
+        let mut logits = dec.logits().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let next: Vec<u32> = logits
+            .par_chunks_mut(vocab)
+            .zip(rngs.par_iter_mut())
+            .map(|(row, rng)| sampler.sample(row, rng))
+            .collect();
+        let keep: Vec<bool> = next.iter().map(|&t| Some(t) != cfg.stop_token).collect();
+        for (&s, (&t, &k)) in active.iter().zip(next.iter().zip(&keep)) {
+            if k {
+                out[s].push(t);
+            }
+        }
+        if step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        let next_kept: Vec<u32> = next.iter().zip(&keep).filter(|(_, &k)| k).map(|(&t, _)| t).collect();
+        retain_flagged(&mut active, &keep);
+        retain_flagged(&mut rngs, &keep);
+        if active.is_empty() {
+            break;
+        }
+        dec.retain(&keep)?;
+        dec.push(&next_kept)?;
+    }
+    Ok(out)
+}
+
+fn retain_flagged<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    v.retain(|_| *flags.next().expect("one flag per element"));
+}

@@ -1,0 +1,236 @@
+//! Correctness of the model: gradients, finite differences, the fused loss, cached decoding, checkpoints.
+
+use candle_core::{DType, Device, Tensor};
+use gpt::{generate, Decoder, GenerateConfig, Gpt, GptConfig, Sampler};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn batch(cfg: &GptConfig, b: usize, t: usize, seed: u64, dev: &Device) -> (Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let toks: Vec<u32> = (0..b * (t + 1)).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let x: Vec<u32> = (0..b).flat_map(|i| toks[i * (t + 1)..i * (t + 1) + t].to_vec()).collect();
+    let y: Vec<u32> = (0..b).flat_map(|i| toks[i * (t + 1) + 1..(i + 1) * (t + 1)].to_vec()).collect();
+    (Tensor::from_vec(x, (b, t), dev).unwrap(), Tensor::from_vec(y, (b, t), dev).unwrap())
+}
+
+#[test]
+fn the_paper_model_has_16_058_112_parameters() {
+    let m = Gpt::new(&GptConfig::paper(), 0, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(m.num_params(true), 16_058_112);
+    assert_eq!(m.num_params(false), 16_025_344);
+    let names: Vec<&str> = m.params().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "transformer.wte.weight");
+    assert!(names.contains(&"transformer.h.0.attn.c_attn.weight"));
+    assert!(names.contains(&"transformer.h.3.mlp.c_proj.bias"));
+    assert_eq!(*names.last().unwrap(), "transformer.ln_f.bias");
+}
+
+#[test]
+fn initialisation_follows_gpt2_and_is_seeded() {
+    let cfg = GptConfig { n_embd: 64, n_head: 4, vocab_size: 512, ..GptConfig::tiny(512) };
+    let a = Gpt::new(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let b = Gpt::new(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let c = Gpt::new(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
+    let std_of = |m: &Gpt, name: &str| {
+        let v = m.params().iter().find(|(n, _)| n == name).unwrap().1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    assert!((std_of(&a, "transformer.wte.weight") - 0.02).abs() < 0.001);
+    let resid = 0.02 / (2.0f32 * cfg.n_layer as f32).sqrt();
+    assert!((std_of(&a, "transformer.h.1.mlp.c_proj.weight") - resid).abs() < 0.001);
+    assert!((std_of(&a, "transformer.h.0.attn.c_attn.weight") - 0.02).abs() < 0.001);
+    for (n, v) in a.params() {
+        let vals = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if n.ends_with(".bias") {
+            assert!(vals.iter().all(|&x| x == 0.0), "{n}");
+        }
+        if n.contains("ln_") && n.ends_with(".weight") {
+            assert!(vals.iter().all(|&x| x == 1.0), "{n}");
+        }
+    }
+    let first = |m: &Gpt| m.params()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(first(&a), first(&b));
+    assert_ne!(first(&a), first(&c));
+}
+
+fn check_every_parameter_gets_a_gradient(fused: bool) {
+    let cfg = GptConfig::tiny(64);
+    let dev = Device::Cpu;
+    let m = Gpt::new(&cfg, 1, DType::F32, &dev).unwrap();
+    let (x, y) = batch(&cfg, 3, cfg.block_size, 2, &dev);
+    let loss = if fused { m.loss(&x, &y, None).unwrap() } else { m.loss_unfused(&x, &y).unwrap() };
+    let grads = loss.backward().unwrap();
+    for (name, v) in m.params() {
+        let g = grads.get(v).unwrap_or_else(|| panic!("{name} received no gradient"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+    }
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    check_every_parameter_gets_a_gradient(true);
+    check_every_parameter_gets_a_gradient(false);
+}
+
+/// Analytic gradients of both loss paths against central finite differences in f64, for a sample of entries
+/// of every tensor.
+#[test]
+fn gradients_match_finite_differences() {
+    let cfg = GptConfig::tiny(64);
+    let dev = Device::Cpu;
+    let m = Gpt::new(&cfg, 3, DType::F64, &dev).unwrap();
+    // Larger weights than GPT-2's init so every path (attention, GELU curvature) carries signal.
+    for (_, v) in m.params() {
+        let t = v.as_tensor();
+        let noise = Tensor::randn(0f64, 0.3, t.shape(), &dev).unwrap();
+        v.set(&(t + noise).unwrap()).unwrap();
+    }
+    let (x, y) = batch(&cfg, 2, 12, 4, &dev);
+    for fused in [true, false] {
+        let loss_of = |m: &Gpt| -> f64 {
+            let l = if fused { m.loss(&x, &y, None).unwrap() } else { m.loss_unfused(&x, &y).unwrap() };
+            l.to_scalar::<f64>().unwrap()
+        };
+        let grads = (if fused { m.loss(&x, &y, None) } else { m.loss_unfused(&x, &y) }).unwrap().backward().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut worst: f64 = 0.0;
+        for (name, v) in m.params() {
+            let g = grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for _ in 0..6 {
+                let i = rng.random_range(0..orig.len());
+                let eps = 1e-5;
+                let mut perturbed = orig.clone();
+                perturbed[i] = orig[i] + eps;
+                v.set(&Tensor::from_vec(perturbed.clone(), v.shape(), &dev).unwrap()).unwrap();
+                let up = loss_of(&m);
+                perturbed[i] = orig[i] - eps;
+                v.set(&Tensor::from_vec(perturbed, v.shape(), &dev).unwrap()).unwrap();
+                let down = loss_of(&m);
+                v.set(&Tensor::from_vec(orig.clone(), v.shape(), &dev).unwrap()).unwrap();
+                let fd = (up - down) / (2.0 * eps);
+                let rel = (g[i] - fd).abs() / g[i].abs().max(fd.abs()).max(1e-6);
+                worst = worst.max(rel);
+                assert!(rel < 1e-4, "fused={fused} {name}[{i}]: analytic {} vs finite difference {fd} (rel {rel:e})", g[i]);
+            }
+        }
+        eprintln!("fused={fused}: worst relative gradient error {worst:e}");
+    }
+}
+
+#[test]
+fn fused_loss_equals_plain_ops() {
+    let cfg = GptConfig { vocab_size: 300, ..GptConfig::tiny(300) };
+    let dev = Device::Cpu;
+    let m = Gpt::new(&cfg, 9, DType::F32, &dev).unwrap();
+    let (x, y) = batch(&cfg, 4, 16, 10, &dev);
+    let a = m.loss(&x, &y, None).unwrap();
+    let b = m.loss_unfused(&x, &y).unwrap();
+    let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+    assert!((la - lb).abs() < 1e-5 * lb.abs(), "{la} vs {lb}");
+    let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+    for (name, v) in m.params() {
+        let d = (ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let s = gb.get(v).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-4 * s.max(1e-3), "{name}: max diff {d}, scale {s}");
+    }
+    let nll = m.nll_sum(&x, &y).unwrap();
+    assert!((nll / 64.0 - lb as f64).abs() < 1e-5, "{nll}");
+}
+
+/// At every step, before and after the context passes block_size, the cached decoder's logits equal those of
+/// a full recompute over the cropped context (nanoGPT's semantics).
+#[test]
+fn cached_decoding_equals_full_recompute() {
+    let cfg = GptConfig { block_size: 8, ..GptConfig::tiny(64) };
+    let dev = Device::Cpu;
+    let m = Gpt::new(&cfg, 11, DType::F32, &dev).unwrap();
+    let prompts = vec![vec![1u32, 2, 3], vec![4, 5, 6], vec![7, 8, 9]];
+    let mut dec = Decoder::new(&m, prompts).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for step in 0..20 {
+        let ctx = dec.tokens().to_vec();
+        let len = ctx[0].len();
+        let start = len.saturating_sub(cfg.block_size);
+        let flat: Vec<u32> = ctx.iter().flat_map(|t| t[start..].to_vec()).collect();
+        let idx = Tensor::from_vec(flat, (ctx.len(), len - start), &dev).unwrap();
+        let full = m.forward(&idx).unwrap().narrow(1, len - start - 1, 1).unwrap().squeeze(1).unwrap();
+        let diff = (full - dec.logits()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "step {step} (context {len}): max |cached - recompute| = {diff}");
+        if step == 10 {
+            dec.retain(&[true, false, true]).unwrap();
+        }
+        let n = dec.tokens().len();
+        let next: Vec<u32> = (0..n).map(|_| rng.random_range(0..64)).collect();
+        dec.push(&next).unwrap();
+    }
+    assert!(dec.tokens()[0].len() > 2 * cfg.block_size);
+}
+
+#[test]
+fn generation_is_seeded_and_independent_of_batching() {
+    let cfg = GptConfig::tiny(64);
+    let m = Gpt::new(&cfg, 13, DType::F32, &Device::Cpu).unwrap();
+    let gc = GenerateConfig { max_new_tokens: 40, temperature: 1.0, top_k: None, top_p: None, stop_token: Some(0) };
+    let all = generate(&m, &[0], 6, &gc, 99, 0).unwrap();
+    assert_eq!(all, generate(&m, &[0], 6, &gc, 99, 0).unwrap());
+    let tail = generate(&m, &[0], 3, &gc, 99, 3).unwrap();
+    assert_eq!(&all[3..], tail.as_slice());
+    assert_ne!(all, generate(&m, &[0], 6, &gc, 100, 0).unwrap());
+    assert!(all.iter().all(|s| s.len() <= 40 && !s.contains(&0)));
+    assert!(all.iter().any(|s| s.len() > 20), "sequences should pass block_size 16: {all:?}");
+}
+
+#[test]
+fn sampler_respects_top_k_top_p_and_greedy() {
+    let logits: Vec<f32> = (0..100).map(|i| i as f32 * 0.1).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let greedy = Sampler { temperature: 0.0, top_k: None, top_p: None };
+    assert_eq!(greedy.sample(&mut logits.clone(), &mut rng), 99);
+    let top5 = Sampler { temperature: 1.0, top_k: Some(5), top_p: None };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let t = top5.sample(&mut logits.clone(), &mut rng);
+        assert!(t >= 95, "top-5 drew {t}");
+        seen.insert(t);
+    }
+    assert_eq!(seen.len(), 5);
+    // Probabilities 0.5, 0.3, 0.2 (and negligible rest): top_p 0.7 keeps exactly the first two.
+    let mut l = vec![-1e9f32; 10];
+    l[3] = 0.5f32.ln();
+    l[7] = 0.3f32.ln();
+    l[1] = 0.2f32.ln();
+    let nucleus = Sampler { temperature: 1.0, top_k: None, top_p: Some(0.7) };
+    let mut counts = [0; 10];
+    for _ in 0..2000 {
+        counts[nucleus.sample(&mut l.clone(), &mut rng) as usize] += 1;
+    }
+    assert_eq!(counts[1], 0);
+    assert!((counts[3] as f64 / 2000.0 - 0.625).abs() < 0.05, "{counts:?}");
+    assert!(GenerateConfig { top_p: Some(1.5), ..Default::default() }.validate().is_err());
+    assert!(GenerateConfig { temperature: -1.0, ..Default::default() }.validate().is_err());
+}
+
+#[test]
+fn checkpoints_round_trip_and_corruption_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let cfg = GptConfig::tiny(64);
+    let m = Gpt::new(&cfg, 21, DType::F32, &Device::Cpu).unwrap();
+    m.save(&path).unwrap();
+    let back = Gpt::load(&path, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(back.config(), &cfg);
+    for ((n1, a), (n2, b)) in m.params().iter().zip(back.params()) {
+        assert_eq!(n1, n2);
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Gpt::load(&path, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    std::fs::write(&path, b"not a checkpoint at all").unwrap();
+    assert!(Gpt::load(&path, DType::F32, &Device::Cpu).is_err());
+    assert!(Gpt::load(&dir.path().join("missing"), DType::F32, &Device::Cpu).is_err());
+}
