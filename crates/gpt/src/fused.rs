@@ -17,7 +17,7 @@ use rayon::prelude::*;
 /// tied embedding is re-read only a few times a step, small enough to stay far below the full logits.
 const CHUNK_BYTES: usize = 192 << 20;
 
-fn parallelism() -> Parallelism {
+pub(crate) fn parallelism() -> Parallelism {
     let n = rayon::current_num_threads();
     if n > 1 {
         Parallelism::Rayon(n)
@@ -26,26 +26,45 @@ fn parallelism() -> Parallelism {
     }
 }
 
+/// The logits buffer of the last call on this thread, kept because buffers this large go back to the kernel
+/// when freed and fault in again page by page.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    f32: Vec<f32>,
+    f64: Vec<f64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// The float types the kernel runs on; f64 exists for finite-difference tests.
-pub(crate) trait Real: Copy + Send + Sync + 'static + std::fmt::Debug {
+pub(crate) trait Real: num_traits::Float + Send + Sync + 'static + std::fmt::Debug {
     const ZERO: Self;
     const ONE: Self;
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
+    fn cast(x: f64) -> Self;
+    fn as_f64(self) -> f64;
     /// Replaces each `x` by `exp(x - shift)`; returns the sum.
     fn exp_shift_sum(xs: &mut [Self], shift: Self) -> f64;
     fn max_of(xs: &[Self]) -> Self;
     fn scale(xs: &mut [Self], s: Self);
     fn wrap(v: Vec<Self>) -> CpuStorage;
+    /// A buffer of `len` values (contents unspecified) taken from the scratch space.
+    fn scratch(s: &mut Scratch, len: usize) -> Vec<Self>;
+    fn unscratch(s: &mut Scratch, v: Vec<Self>);
+    /// `y = gelu(x)` (tanh approximation).
+    fn gelu_slice(x: &[Self], y: &mut [Self]);
+    /// `dx = dy * gelu'(x)`.
+    fn gelu_grad_slice(x: &[Self], dy: &[Self], dx: &mut [Self]);
 }
 
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(x: f64) -> Self {
+    fn cast(x: f64) -> Self {
         x as f32
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self as f64
     }
     fn exp_shift_sum(xs: &mut [Self], shift: Self) -> f64 {
@@ -71,15 +90,39 @@ impl Real for f32 {
     fn wrap(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
     }
+    fn scratch(s: &mut Scratch, len: usize) -> Vec<Self> {
+        let mut v = std::mem::take(&mut s.f32);
+        v.resize(len, 0.0);
+        v
+    }
+    fn unscratch(s: &mut Scratch, v: Vec<Self>) {
+        s.f32 = v;
+    }
+    fn gelu_slice(x: &[Self], y: &mut [Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { gelu_avx2(x, y) };
+        }
+        gelu_generic(x, y)
+    }
+    fn gelu_grad_slice(x: &[Self], dy: &[Self], dx: &mut [Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { gelu_grad_avx2(x, dy, dx) };
+        }
+        gelu_grad_generic(x, dy, dx)
+    }
 }
 
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(x: f64) -> Self {
+    fn cast(x: f64) -> Self {
         x
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self
     }
     fn exp_shift_sum(xs: &mut [Self], shift: Self) -> f64 {
@@ -99,11 +142,79 @@ impl Real for f64 {
     fn wrap(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(v)
     }
+    fn scratch(s: &mut Scratch, len: usize) -> Vec<Self> {
+        let mut v = std::mem::take(&mut s.f64);
+        v.resize(len, 0.0);
+        v
+    }
+    fn unscratch(s: &mut Scratch, v: Vec<Self>) {
+        s.f64 = v;
+    }
+    fn gelu_slice(x: &[Self], y: &mut [Self]) {
+        for (x, y) in x.iter().zip(y) {
+            let u = GELU_C * (x + 0.044715 * x * x * x);
+            *y = 0.5 * x * (1.0 + u.tanh());
+        }
+    }
+    fn gelu_grad_slice(x: &[Self], dy: &[Self], dx: &mut [Self]) {
+        for ((x, dy), dx) in x.iter().zip(dy).zip(dx) {
+            let u = GELU_C * (x + 0.044715 * x * x * x);
+            let th = u.tanh();
+            let du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
+            *dx = dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+        }
+    }
+}
+
+/// sqrt(2 / pi), GPT-2's GELU constant.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// tanh from the vectorisable exp: absolute error below 1e-7, which is what GELU's `1 + tanh` needs.
+#[inline(always)]
+fn tanh_f32(u: f32) -> f32 {
+    1.0 - 2.0 / (exp_f32(2.0 * u) + 1.0)
+}
+
+#[inline(always)]
+fn gelu_generic(x: &[f32], y: &mut [f32]) {
+    const C: f32 = GELU_C as f32;
+    for (x, y) in x.iter().zip(y) {
+        let u = C * (x + 0.044715 * x * x * x);
+        *y = 0.5 * x * (1.0 + tanh_f32(u));
+    }
+}
+
+#[inline(always)]
+fn gelu_grad_generic(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    const C: f32 = GELU_C as f32;
+    for ((x, dy), dx) in x.iter().zip(dy).zip(dx) {
+        let u = C * (x + 0.044715 * x * x * x);
+        let th = tanh_f32(u);
+        let du = C * (1.0 + 3.0 * 0.044715 * x * x);
+        *dx = dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &[f32], y: &mut [f32]) {
+    gelu_generic(x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_grad_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_grad_generic(x, dy, dx)
 }
 
 /// `exp` of an f32 with Cephes' polynomial (relative error below 2e-7), branch-free so loops over it vectorise.
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -147,7 +258,7 @@ unsafe fn exp_shift_sum_avx2(xs: &mut [f32], shift: f32) -> f32 {
 
 fn fast_exp_shift_sum(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { exp_shift_sum_avx2(xs, shift) };
     }
@@ -161,7 +272,7 @@ pub fn fast_exp_slice(xs: &mut [f32], shift: f32) -> f32 {
 
 /// `dst (m x n) = a * dst + b * lhs (m x k) * rhs (k x n)`, each operand given by (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into<T: Copy + 'static>(
+pub(crate) unsafe fn gemm_into<T: Copy + 'static>(
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     dst_rs: usize,
@@ -171,6 +282,34 @@ unsafe fn gemm_into<T: Copy + 'static>(
     rhs: *const T,
     (rhs_rs, rhs_cs): (usize, usize),
     one: T,
+) {
+    gemm_into_with(
+        (m, n, k),
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        (lhs_rs, lhs_cs),
+        rhs,
+        (rhs_rs, rhs_cs),
+        one,
+        parallelism(),
+    )
+}
+
+/// [`gemm_into`] with an explicit parallelism (`None` inside tasks that are already parallel).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into_with<T: Copy + 'static>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+    one: T,
+    par: Parallelism,
 ) {
     gemm(
         m,
@@ -191,7 +330,7 @@ unsafe fn gemm_into<T: Copy + 'static>(
         false,
         false,
         false,
-        parallelism(),
+        par,
     )
 }
 
@@ -210,7 +349,8 @@ pub(crate) fn lce_kernel<T: Real>(
     let rows_max = (CHUNK_BYTES / (v * std::mem::size_of::<T>())).clamp(1, n.max(1));
     let n_chunks = n.div_ceil(rows_max).max(1);
     let rows_per_chunk = n.div_ceil(n_chunks).max(1);
-    let mut logits = vec![T::ZERO; rows_per_chunk * v];
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut logits = T::scratch(&mut scratch, rows_per_chunk * v);
     let mut dh = if with_grads { vec![T::ZERO; n * c] } else { Vec::new() };
     let mut dw = if with_grads { vec![T::ZERO; v * c] } else { Vec::new() };
     let mut row_loss = vec![0f64; n];
@@ -238,13 +378,13 @@ pub(crate) fn lce_kernel<T: Real>(
             .zip(targets[r0..r0 + rows].par_iter())
             .for_each(|((row, loss), &t)| {
                 let t = t as usize;
-                let target_logit = row[t].to_f64();
+                let target_logit = row[t].as_f64();
                 let max = T::max_of(row);
                 let sum = T::exp_shift_sum(row, max);
-                *loss = sum.ln() + max.to_f64() - target_logit;
+                *loss = sum.ln() + max.as_f64() - target_logit;
                 if with_grads {
-                    T::scale(row, T::from_f64(1.0 / (sum * n as f64)));
-                    row[t] = T::from_f64(row[t].to_f64() - 1.0 / n as f64);
+                    T::scale(row, T::cast(1.0 / (sum * n as f64)));
+                    row[t] = T::cast(row[t].as_f64() - 1.0 / n as f64);
                 }
             });
         if with_grads {
@@ -276,10 +416,12 @@ pub(crate) fn lce_kernel<T: Real>(
         }
     }
     let loss_sum = row_loss.iter().sum();
+    T::unscratch(&mut scratch, logits);
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
     (loss_sum, with_grads.then_some((dh, dw)))
 }
 
-fn contiguous_slice<'a, T: candle_core::WithDType>(
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
 ) -> candle_core::Result<&'a [T]> {
@@ -325,7 +467,7 @@ impl LinearCrossEntropy {
         let dh = Tensor::from_vec(dh, (n, c), &Device::Cpu)?;
         let dw = Tensor::from_vec(dw, (v, c), &Device::Cpu)?;
         *self.grads.lock().expect("poisoned") = Some((dh, dw));
-        Ok((T::wrap(vec![<T as Real>::from_f64(sum / n as f64)]), Shape::from(())))
+        Ok((T::wrap(vec![<T as Real>::cast(sum / n as f64)]), Shape::from(())))
     }
 }
 

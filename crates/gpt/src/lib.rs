@@ -5,6 +5,7 @@
 //! optimizers or run directories: it maps token ids to logits, losses and new token ids.
 
 mod config;
+mod cpu_ops;
 mod fused;
 mod model;
 mod sample;

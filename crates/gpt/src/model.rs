@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::cpu_ops::{CausalAttention, Gelu, LayerNormOp};
 use crate::fused::{linear_cross_entropy_sum, LinearCrossEntropy};
 use crate::{Error, GptConfig, Result};
 
@@ -39,7 +40,14 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cpu_kernels: bool) -> Result<Tensor> {
+        if cpu_kernels {
+            let bias = match &self.bias {
+                Some(b) => b.as_tensor().clone(),
+                None => self.weight.zeros_like()?,
+            };
+            return Ok(x.apply_op3(self.weight.as_tensor(), &bias, LayerNormOp { eps: LN_EPS })?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -129,10 +137,16 @@ impl CausalSelfAttention {
         (b, t): (usize, usize),
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         dropout: &mut Option<Dropout>,
+        cpu_kernels: bool,
     ) -> Result<Tensor> {
         let c = x.dim(1)?;
         let (nh, hd) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x)?.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self.c_attn.forward(x)?;
+        if cpu_kernels && cache.is_none() && dropout.is_none() {
+            let y = qkv.apply_op1(CausalAttention { b, t, n_head: nh })?;
+            return self.c_proj.forward(&y);
+        }
+        let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let mut v = qkv.get(2)?.contiguous()?;
@@ -181,9 +195,11 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, dropout: &mut Option<Dropout>, cpu_kernels: bool) -> Result<Tensor> {
+        let h = self.c_fc.forward(x)?;
         // candle's `gelu` is GPT-2's tanh approximation, with a backward pass.
-        let y = self.c_proj.forward(&self.c_fc.forward(x)?.gelu()?)?;
+        let h = if cpu_kernels { h.apply_op1(Gelu)? } else { h.gelu()? };
+        let y = self.c_proj.forward(&h)?;
         match dropout {
             Some(d) => d.apply(&y),
             None => Ok(y),
@@ -206,6 +222,8 @@ pub struct Gpt {
     h: Vec<Block>,
     ln_f: LayerNorm,
     params: Vec<(String, Var)>,
+    /// Use the CPU kernels of `cpu_ops` and `fused` where they apply (on by default).
+    cpu_kernels: bool,
 }
 
 /// How a parameter is initialised (nanoGPT's `_init_weights` plus its scaled residual projections).
@@ -327,7 +345,14 @@ impl Gpt {
             h,
             ln_f: ln("transformer.ln_f"),
             params,
+            cpu_kernels: true,
         })
+    }
+
+    /// Turns the CPU kernels off (plain candle ops everywhere, as on other devices) or back on; the two paths
+    /// must agree, which the tests check.
+    pub fn set_cpu_kernels(&mut self, on: bool) {
+        self.cpu_kernels = on;
     }
 
     pub fn config(&self) -> &GptConfig {
@@ -382,14 +407,15 @@ impl Gpt {
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.h.len(), || None);
         }
+        let k = self.uses_fused_cpu_kernel();
         for (l, block) in self.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a = block.attn.forward(&block.ln_1.forward(&x)?, (b, t), slot, &mut dropout)?;
+            let a = block.attn.forward(&block.ln_1.forward(&x, k)?, (b, t), slot, &mut dropout, k)?;
             x = (x + a)?;
-            let m = block.mlp.forward(&block.ln_2.forward(&x)?, &mut dropout)?;
+            let m = block.mlp.forward(&block.ln_2.forward(&x, k)?, &mut dropout, k)?;
             x = (x + m)?;
         }
-        self.ln_f.forward(&x)
+        self.ln_f.forward(&x, k)
     }
 
     /// Logits `[B, T, vocab]` of a full forward pass (no cache), as nanoGPT's `forward` returns with targets.
@@ -426,13 +452,6 @@ impl Gpt {
         }
     }
 
-    /// Like [`Gpt::loss`] but always through the plain candle ops, to check the fused kernel against them.
-    pub fn loss_unfused(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(idx, None, None)?;
-        let logits = h.matmul(&self.wte.t()?)?;
-        cross_entropy_mean(&logits, &targets.flatten_all()?)
-    }
-
     /// Sum of next-token NLL over every position of `idx` `[B, T]`, with no gradient and no dropout.
     pub fn nll_sum(&self, idx: &Tensor, targets: &Tensor) -> Result<f64> {
         let h = self.hidden(&idx.detach(), None, None)?.detach();
@@ -449,7 +468,8 @@ impl Gpt {
     }
 
     fn uses_fused_cpu_kernel(&self) -> bool {
-        self.device().is_cpu() && matches!(self.dtype(), DType::F32 | DType::F64)
+        self.cpu_kernels
+            && self.device().is_cpu() && matches!(self.dtype(), DType::F32 | DType::F64)
     }
 
     /// Writes the parameters under their GPT-2 names and the config as JSON metadata, atomically: a crash

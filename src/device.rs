@@ -1,0 +1,53 @@
+//! Choosing the compute device from what a user types.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let ordinal = match spec.as_str() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" | "gpu" => 0,
+        s if s.starts_with("cuda:") => s[5..]
+            .parse::<usize>()
+            .with_context(|| format!("bad device {spec:?}: expected cuda:N with N a GPU index"))?,
+        _ => bail!("unknown device {spec:?}: use cpu, cuda or cuda:N"),
+    };
+    if !cfg!(feature = "cuda") {
+        bail!(
+            "device {spec:?} needs a CUDA build: this binary was built without the `cuda` feature \
+             (build one with scripts/build-cuda.sh, see README \"Running on a GPU\")"
+        );
+    }
+    Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}: is there a GPU and its driver?"))
+}
+
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon_threads()),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Peak resident set size of this process so far, in MB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Waits for queued GPU work so a timer reads real time.
+pub fn synchronize(device: &Device) -> Result<()> {
+    device.synchronize()?;
+    Ok(())
+}
