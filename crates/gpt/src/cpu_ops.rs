@@ -350,3 +350,115 @@ impl CustomOp1 for CausalAttention {
         }))
     }
 }
+
+// -------------------------------------------------------------------------------------------- Linear
+
+/// `y = x w^T + b` for `x` `[N, in]`, `w` `[out, in]`, `b` `[out]`, and its backward pass as three direct
+/// GEMM/reductions. Through candle's ops the same layer is a matmul against a transposed view, a broadcast
+/// add, and a backward pass that materialises transposed gradients and reduces the broadcast separately.
+pub(crate) struct LinearOp;
+
+impl LinearOp {
+    fn fwd<T: Real + candle_core::WithDType>(
+        (x, lx): (&CpuStorage, &Layout),
+        (w, lw): (&CpuStorage, &Layout),
+        (b, lb): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = lx.shape().dims2()?;
+        let (o, k2) = lw.shape().dims2()?;
+        if k != k2 || lb.shape().elem_count() != o {
+            candle_core::bail!("linear: x {n}x{k}, w {o}x{k2}, b {:?}", lb.shape());
+        }
+        let (x, w, b) = (contiguous_slice::<T>(x, lx)?, contiguous_slice::<T>(w, lw)?, contiguous_slice::<T>(b, lb)?);
+        let mut y = vec![T::zero(); n * o];
+        y.par_chunks_mut(o * ROWS_PER_TASK).for_each(|c| c.chunks_mut(o).for_each(|r| r.copy_from_slice(b)));
+        // SAFETY: y is n x o, x is n x k, w is o x k.
+        unsafe {
+            crate::fused::gemm_into((n, o, k), y.as_mut_ptr(), o, true, x.as_ptr(), (k, 1), w.as_ptr(), (1, k), T::one());
+        }
+        Ok((T::wrap(y), Shape::from((n, o))))
+    }
+
+    fn bwd_t<T: Real + candle_core::WithDType>(
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (n, k) = x.dims2()?;
+        let (o, _) = w.dims2()?;
+        let (dx, dw, db) = with_slice::<T, _>(x, |x| {
+            with_slice::<T, _>(w, |w| {
+                with_slice::<T, _>(dy, |dy| {
+                    let mut dx = vec![T::zero(); n * k];
+                    let mut dw = vec![T::zero(); o * k];
+                    // SAFETY: dx is n x k, dw is o x k, dy is n x o.
+                    unsafe {
+                        crate::fused::gemm_into((n, k, o), dx.as_mut_ptr(), k, false, dy.as_ptr(), (o, 1), w.as_ptr(), (k, 1), T::one());
+                        crate::fused::gemm_into((o, k, n), dw.as_mut_ptr(), k, false, dy.as_ptr(), (1, o), x.as_ptr(), (k, 1), T::one());
+                    }
+                    let partial: Vec<Vec<T>> = dy
+                        .par_chunks(o * ROWS_PER_TASK * 4)
+                        .map(|c| {
+                            let mut s = vec![T::zero(); o];
+                            for r in c.chunks(o) {
+                                for j in 0..o {
+                                    s[j] = s[j] + r[j];
+                                }
+                            }
+                            s
+                        })
+                        .collect();
+                    let mut db = vec![T::zero(); o];
+                    for p in partial {
+                        for j in 0..o {
+                            db[j] = db[j] + p[j];
+                        }
+                    }
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        Ok((
+            Tensor::from_vec(dx, (n, k), &Device::Cpu)?,
+            Tensor::from_vec(dw, (o, k), &Device::Cpu)?,
+            Tensor::from_vec(db, o, &Device::Cpu)?,
+        ))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match dtype_of(s1) {
+            DType::F32 => Self::fwd::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            DType::F64 => Self::fwd::<f64>((s1, l1), (s2, l2), (s3, l3)),
+            d => candle_core::bail!("linear: unsupported dtype {d:?}"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = match x.dtype() {
+            DType::F32 => Self::bwd_t::<f32>(x, w, dy)?,
+            _ => Self::bwd_t::<f64>(x, w, dy)?,
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}

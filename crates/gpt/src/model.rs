@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::cpu_ops::{CausalAttention, Gelu, LayerNormOp};
+use crate::cpu_ops::{CausalAttention, Gelu, LayerNormOp, LinearOp};
 use crate::fused::{linear_cross_entropy_sum, LinearCrossEntropy};
 use crate::{Error, GptConfig, Result};
 
@@ -25,7 +25,14 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cpu_kernels: bool) -> Result<Tensor> {
+        if cpu_kernels {
+            let bias = match &self.bias {
+                Some(b) => b.as_tensor().clone(),
+                None => Tensor::zeros(self.weight.dim(0)?, x.dtype(), x.device())?,
+            };
+            return Ok(x.apply_op3(self.weight.as_tensor(), &bias, LinearOp)?);
+        }
         let y = x.matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -141,10 +148,10 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let c = x.dim(1)?;
         let (nh, hd) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x)?;
+        let qkv = self.c_attn.forward(x, cpu_kernels)?;
         if cpu_kernels && cache.is_none() && dropout.is_none() {
             let y = qkv.apply_op1(CausalAttention { b, t, n_head: nh })?;
-            return self.c_proj.forward(&y);
+            return self.c_proj.forward(&y, cpu_kernels);
         }
         let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
@@ -181,7 +188,7 @@ impl CausalSelfAttention {
             att = d.apply(&att)?;
         }
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, c))?;
-        let y = self.c_proj.forward(&y)?;
+        let y = self.c_proj.forward(&y, cpu_kernels)?;
         match dropout {
             Some(d) => d.apply(&y),
             None => Ok(y),
@@ -196,10 +203,10 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, dropout: &mut Option<Dropout>, cpu_kernels: bool) -> Result<Tensor> {
-        let h = self.c_fc.forward(x)?;
+        let h = self.c_fc.forward(x, cpu_kernels)?;
         // candle's `gelu` is GPT-2's tanh approximation, with a backward pass.
         let h = if cpu_kernels { h.apply_op1(Gelu)? } else { h.gelu()? };
-        let y = self.c_proj.forward(&h)?;
+        let y = self.c_proj.forward(&h, cpu_kernels)?;
         match dropout {
             Some(d) => d.apply(&y),
             None => Ok(y),
