@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use train::{perplexity, Batcher, TrainConfig, Trainer};
 
-use crate::device::{describe, parse_device, peak_rss_mb, synchronize};
+use crate::device::{describe, page_faults, parse_device, peak_rss_mb, synchronize};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  collapse-lab bench --vocab 8192 --steps 3 --gen-batches 1,32")]
@@ -73,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let batcher = Batcher::new(&tokens, t, args.batch, 0)?;
     eprintln!("bench: training warm-up step...");
     trainer.train_step(&batcher)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let faults = page_faults();
     let start = Instant::now();
     let mut last_loss = 0.0;
     for s in 0..args.steps {
@@ -81,6 +82,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     synchronize(&device)?;
     let train_s = start.elapsed().as_secs_f64();
+    let train_faults = (page_faults() - faults) / args.steps.max(1);
     let train_tps = (args.steps as usize * args.batch * t) as f64 / train_s;
     let train_gflops = train_tps * config.train_flops_per_token() / 1e9;
     let train_rss = peak_rss_mb();
@@ -96,14 +98,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let eval_tps = e.tokens as f64 / start.elapsed().as_secs_f64();
 
     let mut gen = serde_json::Map::new();
+    let mut gen_faults = serde_json::Map::new();
     let gc = GenerateConfig { max_new_tokens: args.gen_tokens, stop_token: None, ..GenerateConfig::default() };
     for &b in &args.gen_batches {
         eprintln!("bench: generation, batch {b} x {} new tokens...", args.gen_tokens);
+        let faults = page_faults();
         let start = Instant::now();
         let out = generate(&model, &[50256 % args.vocab as u32], b, &gc, 0, 0)?;
         synchronize(&device)?;
         let new: usize = out.iter().map(Vec::len).sum();
         gen.insert(b.to_string(), json!(new as f64 / start.elapsed().as_secs_f64()));
+        gen_faults.insert(b.to_string(), json!((page_faults() - faults) / new.max(1) as u64));
     }
 
     let report = json!({
@@ -118,6 +123,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "train_gflops": train_gflops,
         "train_mfu": train_gflops / peak,
         "train_peak_rss_mb": train_rss,
+        "train_page_faults_per_step": train_faults,
+        "generate_page_faults_per_new_token": gen_faults,
         "peak_rss_mb": peak_rss_mb(),
         "config": { "model": config, "batch": args.batch, "steps": args.steps, "gen_tokens": args.gen_tokens },
     });

@@ -149,8 +149,20 @@ impl CausalSelfAttention {
         let c = x.dim(1)?;
         let (nh, hd) = (self.n_head, c / self.n_head);
         let qkv = self.c_attn.forward(x, cpu_kernels)?;
-        if cpu_kernels && cache.is_none() && dropout.is_none() {
+        let empty_cache = match &cache {
+            None => true,
+            Some(slot) => slot.is_none(),
+        };
+        if cpu_kernels && empty_cache && dropout.is_none() {
+            // Training, evaluation, and every (re-)prefill of generation: the fused kernel, then the cache (if
+            // any) is filled from q, k, v as they lie in `qkv`.
             let y = qkv.apply_op1(CausalAttention { b, t, n_head: nh })?;
+            if let Some(slot) = cache {
+                let kv = qkv.reshape((b, t, 3, nh, hd))?;
+                let k = kv.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
+                let v = kv.narrow(2, 2, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
+                *slot = Some((k, v));
+            }
             return self.c_proj.forward(&y, cpu_kernels);
         }
         let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
