@@ -1,0 +1,264 @@
+//! Tokenizers through the `tokenizers` crate, and the on-disk cache of a tokenised corpus.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::AddedToken;
+
+use crate::{Error, Result};
+
+/// The separator between documents in a token stream, and the prompt of generation.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Where the tokenizer comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TokenizerSpec {
+    /// A Hugging Face `tokenizer.json`.
+    File { path: PathBuf },
+    /// OpenAI's GPT-2 files (`encoder.json`/`vocab.json` and `vocab.bpe`/`merges.txt`).
+    VocabMerges { vocab: PathBuf, merges: PathBuf },
+    /// `tokenizer.json` of a Hub model repository, e.g. `openai-community/gpt2`.
+    Hub { repo: String },
+    /// A byte-level BPE of `vocab_size` tokens trained on the training pool only.
+    Train { vocab_size: usize },
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eot: u32,
+}
+
+fn tk_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Loads a tokenizer; `Train` specs are built with [`Tokenizer::train_bpe`] instead.
+    pub fn load(spec: &TokenizerSpec) -> Result<Self> {
+        match spec {
+            TokenizerSpec::File { path } => Self::from_file(path),
+            TokenizerSpec::VocabMerges { vocab, merges } => Self::gpt2_from_vocab_merges(vocab, merges),
+            TokenizerSpec::Hub { repo } => {
+                let cached = hf_hub::Cache::from_env().model(repo.clone()).get("tokenizer.json");
+                let path = match cached {
+                    Some(p) => p,
+                    None => hf_hub::api::sync::ApiBuilder::from_env()
+                        .with_progress(true)
+                        .build()
+                        .and_then(|api| api.model(repo.clone()).get("tokenizer.json"))
+                        .map_err(|e| {
+                            Error::Tokenizer(format!(
+                                "cannot fetch tokenizer.json of {repo} from the Hub ({e}); offline? use a local \
+                                 tokenizer.json, e.g. ../shared/data/gpt2/tokenizer.json"
+                            ))
+                        })?,
+                };
+                Self::from_file(&path)
+            }
+            TokenizerSpec::Train { .. } => Err(Error::Tokenizer("a trained tokenizer is built from the pool, not loaded".into())),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Tokenizer(format!("{} does not exist", path.display())));
+        }
+        Self::wrap(tokenizers::Tokenizer::from_file(path).map_err(|e| tk_err(format!("{}: {e}", path.display())))?)
+    }
+
+    pub fn from_json(json: &str) -> Result<Self> {
+        Self::wrap(json.parse::<tokenizers::Tokenizer>().map_err(tk_err)?)
+    }
+
+    /// GPT-2's byte-level BPE from OpenAI's vocabulary and merges.
+    pub fn gpt2_from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| tk_err(format!("{} + {}: {e}", vocab.display(), merges.display())))?;
+        let mut tk = tokenizers::Tokenizer::new(bpe);
+        tk.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        tk.with_decoder(Some(ByteLevel::default()));
+        tk.add_special_tokens(&[AddedToken::from(END_OF_TEXT, true)]);
+        Self::wrap(tk)
+    }
+
+    /// A byte-level BPE of `vocab_size` tokens (`<|endoftext|>` included) trained on `texts`.
+    pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+        if vocab_size < 257 {
+            return Err(Error::Tokenizer(format!("a byte-level BPE needs at least 257 tokens, not {vocab_size}")));
+        }
+        let mut tk = tokenizers::Tokenizer::new(BPE::default());
+        tk.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        tk.with_decoder(Some(ByteLevel::default()));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        tk.train(&mut trainer, texts).map_err(tk_err)?;
+        Self::wrap(tk)
+    }
+
+    fn wrap(inner: tokenizers::Tokenizer) -> Result<Self> {
+        let eot = inner
+            .token_to_id(END_OF_TEXT)
+            .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {END_OF_TEXT} token")))?;
+        Ok(Self { inner, eot })
+    }
+
+    pub fn eot(&self) -> u32 {
+        self.eot
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(tk_err)?.get_ids().to_vec())
+    }
+
+    /// Encodes every text, in parallel.
+    pub fn encode_all(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tk_err)
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tk_err)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomically(path, self.to_json()?.as_bytes())
+    }
+
+    /// A hash of the tokenizer's full definition, for cache keys.
+    pub fn hash(&self) -> Result<String> {
+        Ok(format!("{:x}", Sha256::digest(self.to_json()?.as_bytes())))
+    }
+}
+
+/// Documents' tokens joined into one stream, each document followed by `<|endoftext|>`.
+pub fn token_stream<'a>(docs: impl IntoIterator<Item = &'a [u32]>, eot: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for d in docs {
+        out.extend_from_slice(d);
+        out.push(eot);
+    }
+    out
+}
+
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+    tmp.write_all(bytes).map_err(Error::io(path))?;
+    tmp.as_file().sync_all().map_err(Error::io(path))?;
+    tmp.persist(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e.error })?;
+    Ok(())
+}
+
+/// Tokenised corpora on disk, keyed by everything that determines them, so a second start does not
+/// tokenise again. Files: `MAGIC`, document count, token width (2 or 4 bytes), per-document lengths, tokens.
+pub struct TokenCache {
+    dir: PathBuf,
+}
+
+const MAGIC: &[u8; 8] = b"CLTOKv01";
+
+impl TokenCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// `$COLLAPSE_CACHE`, else `$XDG_CACHE_HOME/collapse-lab`, else `~/.cache/collapse-lab`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("COLLAPSE_CACHE") {
+            return PathBuf::from(d);
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("collapse-lab")
+    }
+
+    pub fn key(parts: &[&str]) -> String {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("tokens-{key}.bin"))
+    }
+
+    /// The cached tokens of `n_docs` documents under `key`, if present and intact.
+    pub fn get(&self, key: &str, n_docs: usize) -> Option<Vec<Vec<u32>>> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        let rd = |at: usize, n: usize| bytes.get(at..at + n);
+        if rd(0, 8)? != MAGIC {
+            return None;
+        }
+        let n = u64::from_le_bytes(rd(8, 8)?.try_into().ok()?) as usize;
+        let width = *bytes.get(16)? as usize;
+        if n != n_docs || !(width == 2 || width == 4) {
+            return None;
+        }
+        let lens: Vec<usize> = rd(17, 4 * n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+        let total: usize = lens.iter().sum();
+        let body = rd(17 + 4 * n, total * width)?;
+        if bytes.len() != 17 + 4 * n + total * width {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut at = 0;
+        for len in lens {
+            let chunk = &body[at * width..(at + len) * width];
+            out.push(if width == 2 {
+                chunk.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect()
+            } else {
+                chunk.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+            });
+            at += len;
+        }
+        Some(out)
+    }
+
+    pub fn put(&self, key: &str, docs: &[Vec<u32>]) -> Result<()> {
+        let max = docs.iter().flatten().copied().max().unwrap_or(0);
+        let width: usize = if max <= u16::MAX as u32 { 2 } else { 4 };
+        let total: usize = docs.iter().map(Vec::len).sum();
+        let mut bytes = Vec::with_capacity(17 + 4 * docs.len() + width * total);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(docs.len() as u64).to_le_bytes());
+        bytes.push(width as u8);
+        for d in docs {
+            bytes.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        }
+        for &t in docs.iter().flatten() {
+            if width == 2 {
+                bytes.extend_from_slice(&(t as u16).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+        write_atomically(&self.path(key), &bytes)
+    }
+}
