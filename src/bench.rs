@@ -131,3 +131,44 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  collapse-lab bench-corpus --data ../shared/data/movie_plots.csv.zst --tokenizer ../shared/data/gpt2")]
+pub struct CorpusBenchArgs {
+    /// Data source (file, folder or hf://datasets/OWNER/NAME/FILE); defaults to $COLLAPSE_DATA.
+    #[arg(long, env = "COLLAPSE_DATA")]
+    pub data: String,
+    /// Tokenizer: a tokenizer.json, a folder with vocab.json + merges.txt, or hf:OWNER/NAME.
+    #[arg(long, default_value = "hf:openai-community/gpt2")]
+    pub tokenizer: String,
+}
+
+/// Loading, cleaning and tokenising a whole corpus, cold and then from a fresh token cache.
+pub fn run_corpus(args: CorpusBenchArgs) -> Result<()> {
+    use corpus::{CleanConfig, RealCorpus, Source, TokenCache, Tokenizer, TokenizerSpec};
+    let tok = Tokenizer::load(&TokenizerSpec::parse(&args.tokenizer)?)?;
+    let source = Source::new(&args.data, None);
+    let cache_dir = tempfile::tempdir()?;
+    let cache = TokenCache::new(cache_dir.path());
+    let mut timings = Vec::new();
+    let mut summary = None;
+    for label in ["cold", "cached"] {
+        eprintln!("bench-corpus: {label} load...");
+        let t0 = Instant::now();
+        let c = RealCorpus::load(&source, &CleanConfig::default())?;
+        let loaded = t0.elapsed().as_secs_f64();
+        let (tokens, hit) = c.tokenize(&tok, Some(&cache))?;
+        let total = t0.elapsed().as_secs_f64();
+        timings.push(json!({ "pass": label, "load_clean_s": loaded, "tokenize_s": total - loaded, "total_s": total, "cache_hit": hit }));
+        let n_tokens: usize = tokens.iter().map(Vec::len).sum();
+        let words: usize = c.docs.iter().map(|d| d.text.split_whitespace().count()).sum();
+        summary = Some(json!({ "documents": c.docs.len(), "clean": c.report, "words": words, "tokens": n_tokens,
+            "tokens_with_separators": n_tokens + c.docs.len() }));
+    }
+    println!("{}", serde_json::to_string_pretty(&json!({ "corpus": summary, "passes": timings, "threads": rayon_threads() }))?);
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

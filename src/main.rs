@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
     Bench(bench::BenchArgs),
+    /// Measure loading, cleaning and tokenising a corpus, cold and from the token cache (JSON on stdout).
+    BenchCorpus(bench::CorpusBenchArgs),
 }
 
 /// Keeps freed memory in the process. Training frees and re-allocates buffers of tens of MB every step;
@@ -38,5 +40,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(a) => bench::run(a),
+        Command::BenchCorpus(a) => bench::run_corpus(a),
     }
 }

@@ -30,6 +30,30 @@ pub enum TokenizerSpec {
     Train { vocab_size: usize },
 }
 
+impl TokenizerSpec {
+    /// What a user types: `hf:OWNER/NAME` (the Hub), a folder holding `vocab.json` and `merges.txt`, a path to a
+    /// `tokenizer.json`, or `train:N` (a byte-level BPE of N tokens trained on the pool).
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Some(repo) = s.strip_prefix("hf:") {
+            return Ok(Self::Hub { repo: repo.to_string() });
+        }
+        if let Some(n) = s.strip_prefix("train:") {
+            let vocab_size = n.parse().map_err(|_| Error::Tokenizer(format!("bad vocabulary size in {s:?}")))?;
+            return Ok(Self::Train { vocab_size });
+        }
+        let p = PathBuf::from(s);
+        if p.is_dir() {
+            return Ok(Self::VocabMerges { vocab: p.join("vocab.json"), merges: p.join("merges.txt") });
+        }
+        if p.exists() {
+            return Ok(Self::File { path: p });
+        }
+        Err(Error::Tokenizer(format!(
+            "{s:?} is not a tokenizer.json, a folder with vocab.json and merges.txt, hf:OWNER/NAME or train:N"
+        )))
+    }
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eot: u32,
