@@ -56,29 +56,52 @@ fn matmul_gflops(device: &Device) -> Result<f64> {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let config = GptConfig { vocab_size: args.vocab, ..GptConfig::paper() };
+    let config = GptConfig {
+        vocab_size: args.vocab,
+        ..GptConfig::paper()
+    };
     config.validate()?;
     let t = config.block_size;
-    eprintln!("bench: {} params on {}", config.num_params(true), describe(&device));
+    eprintln!(
+        "bench: {} params on {}",
+        config.num_params(true),
+        describe(&device)
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let tokens: Vec<u32> = (0..200_000).map(|_| rng.random_range(0..args.vocab as u32)).collect();
+    let tokens: Vec<u32> = (0..200_000)
+        .map(|_| rng.random_range(0..args.vocab as u32))
+        .collect();
 
     eprintln!("bench: matmul peak (2048^3 f32)...");
     let peak = matmul_gflops(&device)?;
 
     let model = Gpt::new(&config, 0, DType::F32, &device)?;
     let params = model.num_params(true);
-    let tc = TrainConfig { steps: args.steps + 1, batch_size: args.batch, ..TrainConfig::default() };
+    let tc = TrainConfig {
+        steps: args.steps + 1,
+        batch_size: args.batch,
+        ..TrainConfig::default()
+    };
     let mut trainer = Trainer::new(model, tc, 0)?;
     let batcher = Batcher::new(&tokens, t, args.batch, 0)?;
     eprintln!("bench: training warm-up step...");
-    trainer.train_step(&batcher)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    trainer
+        .train_step(&batcher)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
     let faults = page_faults();
     let start = Instant::now();
     let mut last_loss = 0.0;
     for s in 0..args.steps {
-        last_loss = trainer.train_step(&batcher)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        eprintln!("bench: train step {}/{} loss {last_loss:.4}", s + 1, args.steps);
+        last_loss = trainer
+            .train_step(&batcher)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        eprintln!(
+            "bench: train step {}/{} loss {last_loss:.4}",
+            s + 1,
+            args.steps
+        );
     }
     synchronize(&device)?;
     let train_s = start.elapsed().as_secs_f64();
@@ -99,16 +122,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let mut gen = serde_json::Map::new();
     let mut gen_faults = serde_json::Map::new();
-    let gc = GenerateConfig { max_new_tokens: args.gen_tokens, stop_token: None, ..GenerateConfig::default() };
+    let gc = GenerateConfig {
+        max_new_tokens: args.gen_tokens,
+        stop_token: None,
+        ..GenerateConfig::default()
+    };
     for &b in &args.gen_batches {
-        eprintln!("bench: generation, batch {b} x {} new tokens...", args.gen_tokens);
+        eprintln!(
+            "bench: generation, batch {b} x {} new tokens...",
+            args.gen_tokens
+        );
         let faults = page_faults();
         let start = Instant::now();
         let out = generate(&model, &[50256 % args.vocab as u32], b, &gc, 0, 0)?;
         synchronize(&device)?;
         let new: usize = out.iter().map(Vec::len).sum();
-        gen.insert(b.to_string(), json!(new as f64 / start.elapsed().as_secs_f64()));
-        gen_faults.insert(b.to_string(), json!((page_faults() - faults) / new.max(1) as u64));
+        gen.insert(
+            b.to_string(),
+            json!(new as f64 / start.elapsed().as_secs_f64()),
+        );
+        gen_faults.insert(
+            b.to_string(),
+            json!((page_faults() - faults) / new.max(1) as u64),
+        );
     }
 
     let report = json!({
@@ -133,7 +169,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Example:\n  collapse-lab bench-corpus --data ../shared/data/movie_plots.csv.zst --tokenizer ../shared/data/gpt2")]
+#[command(
+    after_help = "Example:\n  collapse-lab bench-corpus --data ../shared/data/movie_plots.csv.zst --tokenizer ../shared/data/gpt2"
+)]
 pub struct CorpusBenchArgs {
     /// Data source (file, folder or hf://datasets/OWNER/NAME/FILE); defaults to $COLLAPSE_DATA.
     #[arg(long, env = "COLLAPSE_DATA")]
@@ -161,11 +199,22 @@ pub fn run_corpus(args: CorpusBenchArgs) -> Result<()> {
         let total = t0.elapsed().as_secs_f64();
         timings.push(json!({ "pass": label, "load_clean_s": loaded, "tokenize_s": total - loaded, "total_s": total, "cache_hit": hit }));
         let n_tokens: usize = tokens.iter().map(Vec::len).sum();
-        let words: usize = c.docs.iter().map(|d| d.text.split_whitespace().count()).sum();
-        summary = Some(json!({ "documents": c.docs.len(), "clean": c.report, "words": words, "tokens": n_tokens,
-            "tokens_with_separators": n_tokens + c.docs.len() }));
+        let words: usize = c
+            .docs
+            .iter()
+            .map(|d| d.text.split_whitespace().count())
+            .sum();
+        summary = Some(
+            json!({ "documents": c.docs.len(), "clean": c.report, "words": words, "tokens": n_tokens,
+            "tokens_with_separators": n_tokens + c.docs.len() }),
+        );
     }
-    println!("{}", serde_json::to_string_pretty(&json!({ "corpus": summary, "passes": timings, "threads": rayon_threads() }))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &json!({ "corpus": summary, "passes": timings, "threads": rayon_threads() })
+        )?
+    );
     Ok(())
 }
 

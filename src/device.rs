@@ -20,7 +20,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
              (build one with scripts/build-cuda.sh, see README \"Running on a GPU\")"
         );
     }
-    Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}: is there a GPU and its driver?"))
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("cannot open CUDA device {ordinal}: is there a GPU and its driver?")
+    })
 }
 
 pub fn describe(device: &Device) -> String {

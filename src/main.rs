@@ -1,14 +1,27 @@
 //! collapse-lab: model-collapse experiments on small GPT-2 models. The binary is a thin layer of commands
-//! over the library crates: `gpt` (the model), `train` (optimisation and evaluation).
+//! over the library crates: `corpus` (documents, tokenizer, schedule), `train` (optimisation, evaluation)
+//! and `gpt` (the model); here live the config, the run directory, the round pipeline, progress and reports.
 
 mod bench;
+mod config;
 mod device;
+mod pipeline;
+mod progress;
+mod report;
+mod rundir;
+mod tools;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "collapse-lab", version, about = "Model-collapse experiments on nanoGPT-size GPT-2 models")]
+#[command(
+    name = "collapse-lab",
+    version,
+    about = "Model-collapse experiments on nanoGPT-size GPT-2 models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,6 +29,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run (or resume) an experiment: settings x repetitions x rounds of compose, train, evaluate, generate.
+    #[command(
+        after_help = "Examples:\n  collapse-lab run configs/quick.toml\n  collapse-lab run configs/paper.toml --device cuda --data ../shared/data/movie_plots.csv.zst\n  collapse-lab run configs/paper.toml --only fixed-alpha/3\n\nRunning the same command again resumes from the last completed phase."
+    )]
+    Run {
+        /// The experiment's TOML config.
+        config: PathBuf,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data source overriding the config's (a local file, folder or hf://datasets/...).
+        #[arg(long, env = "COLLAPSE_DATA")]
+        data: Option<String>,
+        /// Tokenizer overriding the config's (tokenizer.json, folder with vocab.json + merges.txt, hf:REPO, train:N).
+        #[arg(long, env = "COLLAPSE_TOKENIZER")]
+        tokenizer: Option<String>,
+        /// cpu, cuda or cuda:N (overrides the config's).
+        #[arg(long)]
+        device: Option<String>,
+        /// Run only SETTING, or only SETTING/REP (e.g. synthetic-only/0).
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Show how far each setting and repetition of a run has come.
+    #[command(after_help = "Example:\n  collapse-lab status runs/quick")]
+    Status { dir: PathBuf },
+    /// Plot held-out perplexity per round (PNG, SVG), summarise it (markdown, HTML) and export metrics.csv.
+    #[command(
+        after_help = "Example:\n  collapse-lab report runs/quick && xdg-open runs/quick/report/report.html"
+    )]
+    Report { dir: PathBuf },
+    /// Sample documents from a checkpoint.
+    #[command(
+        after_help = "Example:\n  collapse-lab generate runs/quick/synthetic-only/rep-0/round-4/model.safetensors --count 3"
+    )]
+    Generate(tools::GenerateArgs),
+    /// Held-out perplexity of a checkpoint on a data source.
+    #[command(
+        after_help = "Example:\n  collapse-lab eval runs/quick/accumulate/rep-0/round-2/model.safetensors --data ../shared/data/wikipedia_movies_2020s_exactful.csv.zst --column plot"
+    )]
+    Eval(tools::EvalArgs),
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
     Bench(bench::BenchArgs),
     /// Measure loading, cleaning and tokenising a corpus, cold and from the token cache (JSON on stdout).
@@ -35,11 +89,53 @@ fn keep_freed_memory() {
     }
 }
 
-fn main() -> Result<()> {
-    keep_freed_memory();
-    let cli = Cli::parse();
+fn execute(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run {
+            config,
+            out,
+            data,
+            tokenizer,
+            device,
+            only,
+        } => {
+            let mut cfg = config::Config::load(&config)?;
+            if let Some(d) = data {
+                cfg.data.source = d;
+            }
+            if let Some(t) = tokenizer {
+                cfg.data.tokenizer = t;
+            }
+            if let Some(d) = device {
+                cfg.experiment.device = d;
+            }
+            let dev = device::parse_device(&cfg.experiment.device)?;
+            let sel = pipeline::parse_only(only.as_deref(), &cfg)?;
+            let out = out.unwrap_or_else(|| pipeline::default_out(&config));
+            pipeline::run(cfg, &out, dev, sel)
+        }
+        Command::Status { dir } => {
+            print!("{}", pipeline::status(&dir)?);
+            Ok(())
+        }
+        Command::Report { dir } => {
+            let out = report::report(&dir)?;
+            println!("{}", out.join("report.html").display());
+            Ok(())
+        }
+        Command::Generate(a) => tools::generate(a),
+        Command::Eval(a) => tools::eval(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchCorpus(a) => bench::run_corpus(a),
+    }
+}
+
+fn main() {
+    keep_freed_memory();
+    let cli = Cli::parse();
+    if let Err(e) = execute(cli) {
+        // One line: what went wrong, with its causes, and (in the messages) what to do.
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
     }
 }

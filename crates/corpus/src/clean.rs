@@ -26,7 +26,13 @@ pub struct CleanConfig {
 
 impl Default for CleanConfig {
     fn default() -> Self {
-        Self { strip_citations: true, normalize_newlines: true, collapse_whitespace: true, drop_empty: true, dedup: true }
+        Self {
+            strip_citations: true,
+            normalize_newlines: true,
+            collapse_whitespace: true,
+            drop_empty: true,
+            dedup: true,
+        }
     }
 }
 
@@ -40,8 +46,10 @@ pub struct CleanReport {
 }
 
 static CITATION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[\d+\]").expect("valid regex"));
-static SPACES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[ \t\u{a0}]+").expect("valid regex"));
-static SPACE_AROUND_NEWLINE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r" ?\n ?").expect("valid regex"));
+static SPACES: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[ \t\u{a0}]+").expect("valid regex"));
+static SPACE_AROUND_NEWLINE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r" ?\n ?").expect("valid regex"));
 static NEWLINES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\n{3,}").expect("valid regex"));
 
 /// One document's text through the enabled steps.
@@ -65,11 +73,17 @@ pub fn clean_text(text: &str, cfg: &CleanConfig) -> String {
 /// Cleans documents in parallel, then drops empty ones and later duplicates, keeping the order.
 pub fn clean_documents(docs: Vec<Document>, cfg: &CleanConfig) -> (Vec<Document>, CleanReport) {
     let input = docs.len();
-    let docs: Vec<Document> = docs.into_par_iter().map(|mut d| {
-        d.text = clean_text(&d.text, cfg);
-        d
-    }).collect();
-    let mut report = CleanReport { input, ..Default::default() };
+    let docs: Vec<Document> = docs
+        .into_par_iter()
+        .map(|mut d| {
+            d.text = clean_text(&d.text, cfg);
+            d
+        })
+        .collect();
+    let mut report = CleanReport {
+        input,
+        ..Default::default()
+    };
     let mut seen = HashSet::new();
     let out: Vec<Document> = docs
         .into_iter()
@@ -96,9 +110,15 @@ mod tests {
     #[test]
     fn each_step_does_its_job() {
         let c = CleanConfig::default();
-        assert_eq!(clean_text("A film.[1] It  won[12].\r\nNext\tline ", &c), "A film. It won.\nNext line");
+        assert_eq!(
+            clean_text("A film.[1] It  won[12].\r\nNext\tline ", &c),
+            "A film. It won.\nNext line"
+        );
         assert_eq!(clean_text("a\n\n\n\nb", &c), "a\n\nb");
-        let off = CleanConfig { strip_citations: false, ..c.clone() };
+        let off = CleanConfig {
+            strip_citations: false,
+            ..c.clone()
+        };
         assert_eq!(clean_text("x[3]", &off), "x[3]");
         let docs = vec![
             Document::real("s", 0, "same".into()),
@@ -107,7 +127,18 @@ mod tests {
             Document::real("s", 3, "other".into()),
         ];
         let (out, rep) = clean_documents(docs, &c);
-        assert_eq!(out.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["real:0", "real:3"]);
-        assert_eq!(rep, CleanReport { input: 4, dropped_empty: 1, dropped_duplicates: 1, output: 2 });
+        assert_eq!(
+            out.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["real:0", "real:3"]
+        );
+        assert_eq!(
+            rep,
+            CleanReport {
+                input: 4,
+                dropped_empty: 1,
+                dropped_duplicates: 1,
+                output: 2
+            }
+        );
     }
 }

@@ -11,7 +11,11 @@ pub enum Origin {
     /// Row `row` (0-based, data rows only) of the source named `source`.
     Real { source: String, row: usize },
     /// Written by the model trained in round `round` of repetition `repetition`, stored at `model`.
-    Synthetic { repetition: usize, round: usize, model: String },
+    Synthetic {
+        repetition: usize,
+        round: usize,
+        model: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,14 +27,31 @@ pub struct Document {
 
 impl Document {
     pub fn real(source: &str, row: usize, text: String) -> Self {
-        Self { id: format!("real:{row}"), text, origin: Origin::Real { source: source.to_string(), row } }
+        Self {
+            id: format!("real:{row}"),
+            text,
+            origin: Origin::Real {
+                source: source.to_string(),
+                row,
+            },
+        }
     }
 
-    pub fn synthetic(repetition: usize, round: usize, index: usize, model: &str, text: String) -> Self {
+    pub fn synthetic(
+        repetition: usize,
+        round: usize,
+        index: usize,
+        model: &str,
+        text: String,
+    ) -> Self {
         Self {
             id: format!("syn:{repetition}:{round}:{index}"),
             text,
-            origin: Origin::Synthetic { repetition, round, model: model.to_string() },
+            origin: Origin::Synthetic {
+                repetition,
+                round,
+                model: model.to_string(),
+            },
         }
     }
 

@@ -47,7 +47,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-        move |source| Error::Io { path: path.display().to_string(), source }
+        move |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 

@@ -1,4 +1,7 @@
-use crate::{clean_documents, load_source, CleanConfig, CleanReport, Document, Result, Source, TokenCache, Tokenizer};
+use crate::{
+    clean_documents, load_source, CleanConfig, CleanReport, Document, Result, Source, TokenCache,
+    Tokenizer,
+};
 
 /// The cleaned real documents of a source, in source order.
 pub struct RealCorpus {
@@ -19,12 +22,21 @@ impl RealCorpus {
                 msg: format!("no document left after cleaning ({} read)", report.input),
             });
         }
-        Ok(Self { source: source.clone(), docs, report, clean: clean.clone() })
+        Ok(Self {
+            source: source.clone(),
+            docs,
+            report,
+            clean: clean.clone(),
+        })
     }
 
     /// Every document's tokens (no separators), from `cache` when this source, cleaning and tokenizer were
     /// tokenised before; the flag says whether the cache answered.
-    pub fn tokenize(&self, tok: &Tokenizer, cache: Option<&TokenCache>) -> Result<(Vec<Vec<u32>>, bool)> {
+    pub fn tokenize(
+        &self,
+        tok: &Tokenizer,
+        cache: Option<&TokenCache>,
+    ) -> Result<(Vec<Vec<u32>>, bool)> {
         let key = match cache {
             Some(_) => Some(TokenCache::key(&[
                 &self.source.content_hash()?,

@@ -33,17 +33,27 @@ impl Manifest {
 
     /// Fraction of D_t that is real text (fresh this round or carried from earlier rounds).
     pub fn real_fraction(&self) -> f64 {
-        let real = self.documents.iter().filter(|d| matches!(d.origin, Origin::Real { .. })).count();
+        let real = self
+            .documents
+            .iter()
+            .filter(|d| matches!(d.origin, Origin::Real { .. }))
+            .count();
         real as f64 / self.documents.len().max(1) as f64
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        write_atomically(path, serde_json::to_string_pretty(self).expect("serialises").as_bytes())
+        write_atomically(
+            path,
+            serde_json::to_string_pretty(self)
+                .expect("serialises")
+                .as_bytes(),
+        )
     }
 
     pub fn read(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        serde_json::from_str(&s).map_err(|e| Error::Round(format!("{}: corrupt manifest ({e})", path.display())))
+        serde_json::from_str(&s)
+            .map_err(|e| Error::Round(format!("{}: corrupt manifest ({e})", path.display())))
     }
 }
 
@@ -59,7 +69,11 @@ pub fn compose(
     previous: Option<&Manifest>,
     synthetic: &[Document],
 ) -> Result<Manifest> {
-    let rp = plan.rounds.get(round).ok_or_else(|| Error::Round(format!("round {round} is not in the plan")))?.clone();
+    let rp = plan
+        .rounds
+        .get(round)
+        .ok_or_else(|| Error::Round(format!("round {round} is not in the plan")))?
+        .clone();
     if synthetic.len() != rp.synthetic {
         return Err(Error::Round(format!(
             "round {round} needs {} synthetic documents, got {}",
@@ -68,28 +82,55 @@ pub fn compose(
         )));
     }
     if let Some(d) = synthetic.iter().find(|d| d.is_real()) {
-        return Err(Error::Round(format!("document {} given as synthetic is real", d.id)));
+        return Err(Error::Round(format!(
+            "document {} given as synthetic is real",
+            d.id
+        )));
     }
     let end = rp.pool_offset + rp.fresh;
     if end > pool.len() {
-        return Err(Error::Round(format!("round {round} needs pool documents up to {end}, the pool has {}", pool.len())));
+        return Err(Error::Round(format!(
+            "round {round} needs pool documents up to {end}, the pool has {}",
+            pool.len()
+        )));
     }
     let mut documents = Vec::with_capacity(rp.total);
     let carried = if accumulate && round > 0 {
-        let prev = previous.ok_or_else(|| Error::Round(format!("round {round} accumulates but has no previous corpus")))?;
+        let prev = previous.ok_or_else(|| {
+            Error::Round(format!(
+                "round {round} accumulates but has no previous corpus"
+            ))
+        })?;
         if prev.round() + 1 != round {
-            return Err(Error::Round(format!("round {round} given the corpus of round {}", prev.round())));
+            return Err(Error::Round(format!(
+                "round {round} given the corpus of round {}",
+                prev.round()
+            )));
         }
         documents.extend(prev.documents.iter().cloned());
         prev.documents.len()
     } else {
         0
     };
-    let entry = |d: &Document| ManifestEntry { id: d.id.clone(), origin: d.origin.clone() };
+    let entry = |d: &Document| ManifestEntry {
+        id: d.id.clone(),
+        origin: d.origin.clone(),
+    };
     documents.extend(pool[rp.pool_offset..end].iter().map(|d| entry(d)));
     documents.extend(synthetic.iter().map(entry));
     if documents.len() != rp.total {
-        return Err(Error::Round(format!("round {round} composed {} documents, the plan says {}", documents.len(), rp.total)));
+        return Err(Error::Round(format!(
+            "round {round} composed {} documents, the plan says {}",
+            documents.len(),
+            rp.total
+        )));
     }
-    Ok(Manifest { repetition, fresh: rp.fresh, synthetic: rp.synthetic, carried, plan: rp, documents })
+    Ok(Manifest {
+        repetition,
+        fresh: rp.fresh,
+        synthetic: rp.synthetic,
+        carried,
+        plan: rp,
+        documents,
+    })
 }

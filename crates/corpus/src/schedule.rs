@@ -23,10 +23,16 @@ pub enum Size {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Alpha {
     Zero,
-    Fixed { alpha: f64 },
+    Fixed {
+        alpha: f64,
+    },
     /// (t + 1)^-p.
-    Power { p: f64 },
-    List { values: Vec<f64> },
+    Power {
+        p: f64,
+    },
+    List {
+        values: Vec<f64>,
+    },
 }
 
 /// The general schedule: sizes, fresh fractions, and whether D_t keeps D_{t-1}.
@@ -53,7 +59,12 @@ pub enum Setting {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 4] = [Setting::SyntheticOnly, Setting::Accumulate, Setting::FixedAlpha, Setting::DecayingAlpha];
+    pub const ALL: [Setting; 4] = [
+        Setting::SyntheticOnly,
+        Setting::Accumulate,
+        Setting::FixedAlpha,
+        Setting::DecayingAlpha,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -84,10 +95,26 @@ impl Setting {
     /// The setting's schedule for `n` documents per round; `alpha` is setting 2's fresh fraction.
     pub fn schedule(self, n: usize, alpha: f64) -> Schedule {
         match self {
-            Setting::SyntheticOnly => Schedule { size: Size::Fixed { n }, alpha: Alpha::Zero, accumulate: false },
-            Setting::Accumulate => Schedule { size: Size::Fixed { n }, alpha: Alpha::Zero, accumulate: true },
-            Setting::FixedAlpha => Schedule { size: Size::Fixed { n }, alpha: Alpha::Fixed { alpha }, accumulate: false },
-            Setting::DecayingAlpha => Schedule { size: Size::Linear { n }, alpha: Alpha::Power { p: 1.0 }, accumulate: false },
+            Setting::SyntheticOnly => Schedule {
+                size: Size::Fixed { n },
+                alpha: Alpha::Zero,
+                accumulate: false,
+            },
+            Setting::Accumulate => Schedule {
+                size: Size::Fixed { n },
+                alpha: Alpha::Zero,
+                accumulate: true,
+            },
+            Setting::FixedAlpha => Schedule {
+                size: Size::Fixed { n },
+                alpha: Alpha::Fixed { alpha },
+                accumulate: false,
+            },
+            Setting::DecayingAlpha => Schedule {
+                size: Size::Linear { n },
+                alpha: Alpha::Power { p: 1.0 },
+                accumulate: false,
+            },
         }
     }
 }
@@ -137,11 +164,16 @@ impl Schedule {
             Size::Linear { n } => (t + 1) * n,
             Size::Quadratic { n } => (t + 1) * (t + 1) * n,
             Size::List { sizes } => *sizes.get(t).ok_or_else(|| {
-                Error::Schedule(format!("the size list has {} entries, round {t} needs one", sizes.len()))
+                Error::Schedule(format!(
+                    "the size list has {} entries, round {t} needs one",
+                    sizes.len()
+                ))
             })?,
         };
         if n == 0 {
-            return Err(Error::Schedule(format!("round {t} would have n = 0 documents: n must be positive")));
+            return Err(Error::Schedule(format!(
+                "round {t} would have n = 0 documents: n must be positive"
+            )));
         }
         Ok(n)
     }
@@ -151,17 +183,24 @@ impl Schedule {
             Alpha::Zero => 0.0,
             Alpha::Fixed { alpha } => *alpha,
             Alpha::Power { p } => {
-                if !(*p >= 0.0) {
-                    return Err(Error::Schedule(format!("power decay needs p >= 0, got {p}")));
+                if p.is_nan() || *p < 0.0 {
+                    return Err(Error::Schedule(format!(
+                        "power decay needs p >= 0, got {p}"
+                    )));
                 }
                 (t as f64 + 1.0).powf(-p)
             }
             Alpha::List { values } => *values.get(t).ok_or_else(|| {
-                Error::Schedule(format!("the alpha list has {} entries, round {t} needs one", values.len()))
+                Error::Schedule(format!(
+                    "the alpha list has {} entries, round {t} needs one",
+                    values.len()
+                ))
             })?,
         };
         if !(0.0..=1.0).contains(&a) {
-            return Err(Error::Schedule(format!("alpha must be in [0, 1], round {t} has {a}")));
+            return Err(Error::Schedule(format!(
+                "alpha must be in [0, 1], round {t} has {a}"
+            )));
         }
         Ok(a)
     }
@@ -169,10 +208,14 @@ impl Schedule {
     /// Every round's counts, or the reason the schedule cannot run with a pool of `pool_size` documents.
     pub fn plan(&self, rounds: usize, pool_size: usize) -> Result<Plan> {
         if rounds == 0 {
-            return Err(Error::Schedule("the number of rounds must be at least 1".into()));
+            return Err(Error::Schedule(
+                "the number of rounds must be at least 1".into(),
+            ));
         }
         match &self.size {
-            Size::List { sizes } if sizes.is_empty() => return Err(Error::Schedule("the size list is empty".into())),
+            Size::List { sizes } if sizes.is_empty() => {
+                return Err(Error::Schedule("the size list is empty".into()))
+            }
             Size::Fixed { n: 0 } | Size::Linear { n: 0 } | Size::Quadratic { n: 0 } => {
                 return Err(Error::Schedule("n must be positive".into()))
             }
@@ -210,7 +253,10 @@ impl Schedule {
                 offset - pool_size
             )));
         }
-        Ok(Plan { rounds: out, fresh_total: offset })
+        Ok(Plan {
+            rounds: out,
+            fresh_total: offset,
+        })
     }
 }
 
@@ -220,14 +266,50 @@ mod tests {
 
     #[test]
     fn the_four_settings_plan_as_the_paper_says() {
-        let p = Setting::SyntheticOnly.schedule(100, 0.5).plan(3, 1000).unwrap();
-        assert_eq!(p.rounds.iter().map(|r| (r.fresh, r.synthetic, r.total)).collect::<Vec<_>>(), [(100, 0, 100), (0, 100, 100), (0, 100, 100)]);
-        let p = Setting::Accumulate.schedule(100, 0.5).plan(3, 1000).unwrap();
-        assert_eq!(p.rounds.iter().map(|r| (r.fresh, r.synthetic, r.total)).collect::<Vec<_>>(), [(100, 0, 100), (0, 100, 200), (0, 100, 300)]);
-        let p = Setting::FixedAlpha.schedule(100, 0.5).plan(3, 1000).unwrap();
-        assert_eq!(p.rounds.iter().map(|r| (r.fresh, r.synthetic, r.total)).collect::<Vec<_>>(), [(100, 0, 100), (50, 50, 100), (50, 50, 100)]);
-        let p = Setting::DecayingAlpha.schedule(100, 0.5).plan(3, 1000).unwrap();
-        assert_eq!(p.rounds.iter().map(|r| (r.fresh, r.synthetic, r.total)).collect::<Vec<_>>(), [(100, 0, 100), (100, 100, 200), (100, 200, 300)]);
+        let p = Setting::SyntheticOnly
+            .schedule(100, 0.5)
+            .plan(3, 1000)
+            .unwrap();
+        assert_eq!(
+            p.rounds
+                .iter()
+                .map(|r| (r.fresh, r.synthetic, r.total))
+                .collect::<Vec<_>>(),
+            [(100, 0, 100), (0, 100, 100), (0, 100, 100)]
+        );
+        let p = Setting::Accumulate
+            .schedule(100, 0.5)
+            .plan(3, 1000)
+            .unwrap();
+        assert_eq!(
+            p.rounds
+                .iter()
+                .map(|r| (r.fresh, r.synthetic, r.total))
+                .collect::<Vec<_>>(),
+            [(100, 0, 100), (0, 100, 200), (0, 100, 300)]
+        );
+        let p = Setting::FixedAlpha
+            .schedule(100, 0.5)
+            .plan(3, 1000)
+            .unwrap();
+        assert_eq!(
+            p.rounds
+                .iter()
+                .map(|r| (r.fresh, r.synthetic, r.total))
+                .collect::<Vec<_>>(),
+            [(100, 0, 100), (50, 50, 100), (50, 50, 100)]
+        );
+        let p = Setting::DecayingAlpha
+            .schedule(100, 0.5)
+            .plan(3, 1000)
+            .unwrap();
+        assert_eq!(
+            p.rounds
+                .iter()
+                .map(|r| (r.fresh, r.synthetic, r.total))
+                .collect::<Vec<_>>(),
+            [(100, 0, 100), (100, 100, 200), (100, 200, 300)]
+        );
         assert_eq!(p.fresh_total, 300);
         assert_eq!(p.rounds[2].pool_offset, 200);
         assert_eq!(p.to_generate_after(1), 200);
@@ -238,20 +320,75 @@ mod tests {
     fn every_refusal_says_why() {
         let s = Setting::DecayingAlpha.schedule(100, 0.5);
         let e = s.plan(10, 900).unwrap_err().to_string();
-        assert!(e.contains("needs 1000 fresh documents over 10 rounds but the pool has 900 (short by 100)"), "{e}");
-        let bad_alpha = Schedule { alpha: Alpha::Fixed { alpha: 1.5 }, ..Setting::FixedAlpha.schedule(10, 0.5) };
-        assert!(bad_alpha.plan(2, 100).unwrap_err().to_string().contains("alpha must be in [0, 1]"));
-        let neg = Schedule { alpha: Alpha::List { values: vec![1.0, -0.1] }, ..Setting::FixedAlpha.schedule(10, 0.5) };
-        assert!(neg.plan(2, 100).unwrap_err().to_string().contains("alpha must be in [0, 1], round 1 has -0.1"));
-        assert!(Setting::FixedAlpha.schedule(0, 0.5).plan(2, 100).unwrap_err().to_string().contains("n must be positive"));
-        let empty = Schedule { size: Size::List { sizes: vec![] }, ..Setting::FixedAlpha.schedule(1, 0.5) };
-        assert!(empty.plan(2, 100).unwrap_err().to_string().contains("size list is empty"));
-        let empty_a = Schedule { alpha: Alpha::List { values: vec![] }, ..Setting::FixedAlpha.schedule(1, 0.5) };
-        assert!(empty_a.plan(2, 100).unwrap_err().to_string().contains("alpha list is empty"));
-        let short = Schedule { size: Size::List { sizes: vec![5] }, ..Setting::FixedAlpha.schedule(1, 0.5) };
-        assert!(short.plan(2, 100).unwrap_err().to_string().contains("size list has 1 entries, round 1 needs one"));
-        assert!(Setting::FixedAlpha.schedule(10, 0.5).plan(0, 100).unwrap_err().to_string().contains("at least 1"));
-        assert!(Setting::parse("bogus").unwrap_err().to_string().contains("unknown setting \"bogus\""));
+        assert!(
+            e.contains(
+                "needs 1000 fresh documents over 10 rounds but the pool has 900 (short by 100)"
+            ),
+            "{e}"
+        );
+        let bad_alpha = Schedule {
+            alpha: Alpha::Fixed { alpha: 1.5 },
+            ..Setting::FixedAlpha.schedule(10, 0.5)
+        };
+        assert!(bad_alpha
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("alpha must be in [0, 1]"));
+        let neg = Schedule {
+            alpha: Alpha::List {
+                values: vec![1.0, -0.1],
+            },
+            ..Setting::FixedAlpha.schedule(10, 0.5)
+        };
+        assert!(neg
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("alpha must be in [0, 1], round 1 has -0.1"));
+        assert!(Setting::FixedAlpha
+            .schedule(0, 0.5)
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("n must be positive"));
+        let empty = Schedule {
+            size: Size::List { sizes: vec![] },
+            ..Setting::FixedAlpha.schedule(1, 0.5)
+        };
+        assert!(empty
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("size list is empty"));
+        let empty_a = Schedule {
+            alpha: Alpha::List { values: vec![] },
+            ..Setting::FixedAlpha.schedule(1, 0.5)
+        };
+        assert!(empty_a
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("alpha list is empty"));
+        let short = Schedule {
+            size: Size::List { sizes: vec![5] },
+            ..Setting::FixedAlpha.schedule(1, 0.5)
+        };
+        assert!(short
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("size list has 1 entries, round 1 needs one"));
+        assert!(Setting::FixedAlpha
+            .schedule(10, 0.5)
+            .plan(0, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+        assert!(Setting::parse("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown setting \"bogus\""));
         assert_eq!(Setting::parse("2").unwrap(), Setting::FixedAlpha);
         assert_eq!(Setting::parse("accumulate").unwrap(), Setting::Accumulate);
     }

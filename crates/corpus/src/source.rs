@@ -26,7 +26,10 @@ enum Kind {
 
 impl Source {
     pub fn new(spec: &str, column: Option<&str>) -> Self {
-        Self { spec: spec.to_string(), column: column.unwrap_or("Plot").to_string() }
+        Self {
+            spec: spec.to_string(),
+            column: column.unwrap_or("Plot").to_string(),
+        }
     }
 
     /// A local file for the source: the path itself, or the Hub file from hf-hub's cache (downloaded with a
@@ -58,13 +61,17 @@ impl Source {
         let hint = "download it elsewhere and point --data (or COLLAPSE_DATA) at the local file, \
                     e.g. ../shared/data/movie_plots.csv.zst";
         let cache = hf_hub::Cache::from_env();
-        let cached = cache.repo(hf_hub::Repo::new(repo.clone(), hf_hub::RepoType::Dataset)).get(file);
+        let cached = cache
+            .repo(hf_hub::Repo::new(repo.clone(), hf_hub::RepoType::Dataset))
+            .get(file);
         if let Some(p) = cached {
             return Ok(p);
         }
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
         if offline {
-            return Err(self.err(format!("not in the Hugging Face cache and HF_HUB_OFFLINE is set: {hint}")));
+            return Err(self.err(format!(
+                "not in the Hugging Face cache and HF_HUB_OFFLINE is set: {hint}"
+            )));
         }
         let api = hf_hub::api::sync::ApiBuilder::from_env()
             .with_progress(true)
@@ -76,14 +83,20 @@ impl Source {
     }
 
     fn err(&self, msg: String) -> Error {
-        Error::Source { source_name: self.spec.clone(), msg }
+        Error::Source {
+            source_name: self.spec.clone(),
+            msg,
+        }
     }
 
     fn kind(&self, path: &Path) -> Result<Kind> {
         if path.is_dir() {
             return Ok(Kind::TextFolder);
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         let zstd = name.ends_with(".zst");
         let base = name.trim_end_matches(".zst");
         if base.ends_with(".csv") {
@@ -91,7 +104,10 @@ impl Source {
         } else if base.ends_with(".jsonl") {
             Ok(Kind::Jsonl { zstd })
         } else {
-            Err(self.err(format!("unknown format of {}: expected .csv, .csv.zst, .jsonl, .jsonl.zst or a folder", path.display())))
+            Err(self.err(format!(
+                "unknown format of {}: expected .csv, .csv.zst, .jsonl, .jsonl.zst or a folder",
+                path.display()
+            )))
         }
     }
 
@@ -115,7 +131,12 @@ impl Source {
             files = text_files(&path)?;
         }
         for f in files {
-            h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+            h.update(
+                f.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
             h.update(std::fs::read(&f).map_err(Error::io(&f))?);
         }
         Ok(format!("{:x}", h.finalize()))
@@ -139,19 +160,31 @@ pub fn load_source(source: &Source) -> Result<Vec<Document>> {
     let label = source.spec.as_str();
     let docs = match source.kind(&path)? {
         Kind::Csv { zstd } => {
-            let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(source.reader(&path, zstd)?);
-            let headers = rdr.headers().map_err(|e| source.err(format!("bad CSV header: {e}")))?.clone();
-            let col = headers.iter().position(|h| h == source.column).ok_or_else(|| {
-                source.err(format!(
-                    "no column {:?}; columns are {:?}",
-                    source.column,
-                    headers.iter().collect::<Vec<_>>()
-                ))
-            })?;
+            let mut rdr = csv::ReaderBuilder::new()
+                .flexible(false)
+                .from_reader(source.reader(&path, zstd)?);
+            let headers = rdr
+                .headers()
+                .map_err(|e| source.err(format!("bad CSV header: {e}")))?
+                .clone();
+            let col = headers
+                .iter()
+                .position(|h| h == source.column)
+                .ok_or_else(|| {
+                    source.err(format!(
+                        "no column {:?}; columns are {:?}",
+                        source.column,
+                        headers.iter().collect::<Vec<_>>()
+                    ))
+                })?;
             let mut docs = Vec::new();
             for (row, rec) in rdr.records().enumerate() {
                 let rec = rec.map_err(|e| source.err(format!("CSV row {row}: {e}")))?;
-                docs.push(Document::real(label, row, rec.get(col).unwrap_or_default().to_string()));
+                docs.push(Document::real(
+                    label,
+                    row,
+                    rec.get(col).unwrap_or_default().to_string(),
+                ));
             }
             docs
         }
@@ -161,13 +194,17 @@ pub fn load_source(source: &Source) -> Result<Vec<Document>> {
                 text: String,
             }
             let mut docs = Vec::new();
-            for (row, line) in BufReader::new(source.reader(&path, zstd)?).lines().enumerate() {
+            for (row, line) in BufReader::new(source.reader(&path, zstd)?)
+                .lines()
+                .enumerate()
+            {
                 let line = line.map_err(|e| source.err(format!("line {}: {e}", row + 1)))?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let l: Line = serde_json::from_str(&line)
-                    .map_err(|e| source.err(format!("line {}: expected {{\"text\": ...}}: {e}", row + 1)))?;
+                let l: Line = serde_json::from_str(&line).map_err(|e| {
+                    source.err(format!("line {}: expected {{\"text\": ...}}: {e}", row + 1))
+                })?;
                 docs.push(Document::real(label, row, l.text));
             }
             docs
@@ -175,7 +212,13 @@ pub fn load_source(source: &Source) -> Result<Vec<Document>> {
         Kind::TextFolder => text_files(&path)?
             .into_iter()
             .enumerate()
-            .map(|(row, f)| Ok(Document::real(label, row, std::fs::read_to_string(&f).map_err(Error::io(&f))?)))
+            .map(|(row, f)| {
+                Ok(Document::real(
+                    label,
+                    row,
+                    std::fs::read_to_string(&f).map_err(Error::io(&f))?,
+                ))
+            })
             .collect::<Result<_>>()?,
     };
     if docs.is_empty() {

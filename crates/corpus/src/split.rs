@@ -55,7 +55,10 @@ mod tests {
         let mut all: Vec<usize> = a.heldout.iter().chain(&a.pool).copied().collect();
         all.sort();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert!(Split::new(10, 10, 0).unwrap_err().to_string().contains("cannot hold out 10 of 10"));
+        assert!(Split::new(10, 10, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot hold out 10 of 10"));
         assert!(Split::new(10, 0, 0).is_err());
     }
 }

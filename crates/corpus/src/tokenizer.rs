@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
 use crate::{Error, Result};
@@ -35,15 +35,22 @@ impl TokenizerSpec {
     /// `tokenizer.json`, or `train:N` (a byte-level BPE of N tokens trained on the pool).
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(repo) = s.strip_prefix("hf:") {
-            return Ok(Self::Hub { repo: repo.to_string() });
+            return Ok(Self::Hub {
+                repo: repo.to_string(),
+            });
         }
         if let Some(n) = s.strip_prefix("train:") {
-            let vocab_size = n.parse().map_err(|_| Error::Tokenizer(format!("bad vocabulary size in {s:?}")))?;
+            let vocab_size = n
+                .parse()
+                .map_err(|_| Error::Tokenizer(format!("bad vocabulary size in {s:?}")))?;
             return Ok(Self::Train { vocab_size });
         }
         let p = PathBuf::from(s);
         if p.is_dir() {
-            return Ok(Self::VocabMerges { vocab: p.join("vocab.json"), merges: p.join("merges.txt") });
+            return Ok(Self::VocabMerges {
+                vocab: p.join("vocab.json"),
+                merges: p.join("merges.txt"),
+            });
         }
         if p.exists() {
             return Ok(Self::File { path: p });
@@ -68,9 +75,13 @@ impl Tokenizer {
     pub fn load(spec: &TokenizerSpec) -> Result<Self> {
         match spec {
             TokenizerSpec::File { path } => Self::from_file(path),
-            TokenizerSpec::VocabMerges { vocab, merges } => Self::gpt2_from_vocab_merges(vocab, merges),
+            TokenizerSpec::VocabMerges { vocab, merges } => {
+                Self::gpt2_from_vocab_merges(vocab, merges)
+            }
             TokenizerSpec::Hub { repo } => {
-                let cached = hf_hub::Cache::from_env().model(repo.clone()).get("tokenizer.json");
+                let cached = hf_hub::Cache::from_env()
+                    .model(repo.clone())
+                    .get("tokenizer.json");
                 let path = match cached {
                     Some(p) => p,
                     None => hf_hub::api::sync::ApiBuilder::from_env()
@@ -86,15 +97,23 @@ impl Tokenizer {
                 };
                 Self::from_file(&path)
             }
-            TokenizerSpec::Train { .. } => Err(Error::Tokenizer("a trained tokenizer is built from the pool, not loaded".into())),
+            TokenizerSpec::Train { .. } => Err(Error::Tokenizer(
+                "a trained tokenizer is built from the pool, not loaded".into(),
+            )),
         }
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::Tokenizer(format!("{} does not exist", path.display())));
+            return Err(Error::Tokenizer(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
-        Self::wrap(tokenizers::Tokenizer::from_file(path).map_err(|e| tk_err(format!("{}: {e}", path.display())))?)
+        Self::wrap(
+            tokenizers::Tokenizer::from_file(path)
+                .map_err(|e| tk_err(format!("{}: {e}", path.display())))?,
+        )
     }
 
     pub fn from_json(json: &str) -> Result<Self> {
@@ -114,9 +133,14 @@ impl Tokenizer {
     }
 
     /// A byte-level BPE of `vocab_size` tokens (`<|endoftext|>` included) trained on `texts`.
-    pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+    pub fn train_bpe<'a>(
+        texts: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+    ) -> Result<Self> {
         if vocab_size < 257 {
-            return Err(Error::Tokenizer(format!("a byte-level BPE needs at least 257 tokens, not {vocab_size}")));
+            return Err(Error::Tokenizer(format!(
+                "a byte-level BPE needs at least 257 tokens, not {vocab_size}"
+            )));
         }
         let mut tk = tokenizers::Tokenizer::new(BPE::default());
         tk.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
@@ -149,7 +173,12 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false).map_err(tk_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tk_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Encodes every text, in parallel.
@@ -186,12 +215,18 @@ pub fn token_stream<'a>(docs: impl IntoIterator<Item = &'a [u32]>, eot: u32) -> 
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
     tmp.write_all(bytes).map_err(Error::io(path))?;
     tmp.as_file().sync_all().map_err(Error::io(path))?;
-    tmp.persist(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e.error })?;
+    tmp.persist(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -245,7 +280,10 @@ impl TokenCache {
         if n != n_docs || !(width == 2 || width == 4) {
             return None;
         }
-        let lens: Vec<usize> = rd(17, 4 * n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+        let lens: Vec<usize> = rd(17, 4 * n)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as usize)
+            .collect();
         let total: usize = lens.iter().sum();
         let body = rd(17 + 4 * n, total * width)?;
         if bytes.len() != 17 + 4 * n + total * width {
@@ -256,9 +294,15 @@ impl TokenCache {
         for len in lens {
             let chunk = &body[at * width..(at + len) * width];
             out.push(if width == 2 {
-                chunk.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect()
+                chunk
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                    .collect()
             } else {
-                chunk.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+                chunk
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
             });
             at += len;
         }

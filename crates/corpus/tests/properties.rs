@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use corpus::{bpe_training_docs, compose, Alpha, Document, Manifest, Origin, Schedule, Size, Split};
+use corpus::{
+    bpe_training_docs, compose, Alpha, Document, Manifest, Origin, Schedule, Size, Split,
+};
 use proptest::prelude::*;
 
 fn size_strategy() -> impl Strategy<Value = Size> {
@@ -24,7 +26,13 @@ fn alpha_strategy() -> impl Strategy<Value = Alpha> {
 }
 
 /// Composes every round of one repetition, with synthetic documents standing in for generated ones.
-fn run_rounds(schedule: &Schedule, rounds: usize, docs: &[Document], split: &Split, rep: usize) -> Option<Vec<Manifest>> {
+fn run_rounds(
+    schedule: &Schedule,
+    rounds: usize,
+    docs: &[Document],
+    split: &Split,
+    rep: usize,
+) -> Option<Vec<Manifest>> {
     let pool: Vec<&Document> = split.pool.iter().map(|&i| &docs[i]).collect();
     let plan = schedule.plan(rounds, pool.len()).ok()?;
     let mut out: Vec<Manifest> = Vec::new();
@@ -32,7 +40,16 @@ fn run_rounds(schedule: &Schedule, rounds: usize, docs: &[Document], split: &Spl
         let synthetic: Vec<Document> = (0..plan.rounds[t].synthetic)
             .map(|i| Document::synthetic(rep, t - 1, i, "model", format!("synthetic {t} {i}")))
             .collect();
-        let m = compose(&plan, t, rep, schedule.accumulate, &pool, out.last(), &synthetic).unwrap();
+        let m = compose(
+            &plan,
+            t,
+            rep,
+            schedule.accumulate,
+            &pool,
+            out.last(),
+            &synthetic,
+        )
+        .unwrap();
         out.push(m);
     }
     Some(out)
@@ -105,7 +122,9 @@ proptest! {
 
 #[test]
 fn manifests_round_trip_through_disk() {
-    let docs: Vec<Document> = (0..100).map(|i| Document::real("s", i, format!("d{i}"))).collect();
+    let docs: Vec<Document> = (0..100)
+        .map(|i| Document::real("s", i, format!("d{i}")))
+        .collect();
     let split = Split::new(100, 10, 4).unwrap();
     let schedule = corpus::Setting::FixedAlpha.schedule(10, 0.5);
     let ms = run_rounds(&schedule, 3, &docs, &split, 0).unwrap();
@@ -114,19 +133,34 @@ fn manifests_round_trip_through_disk() {
     ms[2].write(&p).unwrap();
     assert_eq!(Manifest::read(&p).unwrap(), ms[2]);
     std::fs::write(&p, "{ broken").unwrap();
-    assert!(Manifest::read(&p).unwrap_err().to_string().contains("corrupt manifest"));
+    assert!(Manifest::read(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("corrupt manifest"));
 }
 
 #[test]
 fn compose_refuses_inconsistent_inputs() {
-    let docs: Vec<Document> = (0..50).map(|i| Document::real("s", i, format!("d{i}"))).collect();
+    let docs: Vec<Document> = (0..50)
+        .map(|i| Document::real("s", i, format!("d{i}")))
+        .collect();
     let pool: Vec<&Document> = docs.iter().collect();
     let schedule = corpus::Setting::Accumulate.schedule(5, 0.5);
     let plan = schedule.plan(3, 50).unwrap();
-    let e = compose(&plan, 1, 0, true, &pool, None, &[]).unwrap_err().to_string();
+    let e = compose(&plan, 1, 0, true, &pool, None, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("needs 5 synthetic documents, got 0"), "{e}");
-    let syn: Vec<Document> = (0..5).map(|i| Document::synthetic(0, 0, i, "m", "x".into())).collect();
-    assert!(compose(&plan, 1, 0, true, &pool, None, &syn).unwrap_err().to_string().contains("no previous corpus"));
+    let syn: Vec<Document> = (0..5)
+        .map(|i| Document::synthetic(0, 0, i, "m", "x".into()))
+        .collect();
+    assert!(compose(&plan, 1, 0, true, &pool, None, &syn)
+        .unwrap_err()
+        .to_string()
+        .contains("no previous corpus"));
     let as_syn: Vec<Document> = docs[..5].to_vec();
-    assert!(compose(&plan, 1, 0, true, &pool, None, &as_syn).unwrap_err().to_string().contains("is real"));
+    assert!(compose(&plan, 1, 0, true, &pool, None, &as_syn)
+        .unwrap_err()
+        .to_string()
+        .contains("is real"));
 }

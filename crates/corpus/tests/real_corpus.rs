@@ -12,7 +12,11 @@ fn movie_plots() -> Source {
     let path = std::env::var("COLLAPSE_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| data_dir().join("movie_plots.csv.zst"));
-    assert!(path.exists(), "the real corpus is missing at {} (set COLLAPSE_DATA)", path.display());
+    assert!(
+        path.exists(),
+        "the real corpus is missing at {} (set COLLAPSE_DATA)",
+        path.display()
+    );
     Source::new(path.to_str().unwrap(), None)
 }
 
@@ -32,7 +36,9 @@ const RAW: CleanConfig = CleanConfig {
 fn every_row_parses_with_multiline_plots_intact() {
     let c = RealCorpus::load(&movie_plots(), &RAW).unwrap();
     assert_eq!(c.docs.len(), 34_886);
-    assert!(c.docs[0].text.starts_with("A bartender is working at a saloon, serving drinks to customers."));
+    assert!(c.docs[0]
+        .text
+        .starts_with("A bartender is working at a saloon, serving drinks to customers."));
     assert!(c.docs[0].text.ends_with("order everybody to leave.[1]"));
     assert_eq!(c.docs[0].text.chars().count(), 500);
     // Row 2 ("The Martyred Presidents") is a quoted plot with an internal CRLF.
@@ -40,8 +46,15 @@ fn every_row_parses_with_multiline_plots_intact() {
     assert_eq!(p.chars().count(), 436);
     assert!(p.contains("each victims of assassination.\r\nIn the second shot, which runs just ov"));
     assert!(p.ends_with("an assassin kneels feet of Lady Justice."));
-    assert_eq!(c.docs.iter().filter(|d| d.text.contains("\r\n")).count(), 23_400);
-    let words: usize = c.docs.iter().map(|d| d.text.split_whitespace().count()).sum();
+    assert_eq!(
+        c.docs.iter().filter(|d| d.text.contains("\r\n")).count(),
+        23_400
+    );
+    let words: usize = c
+        .docs
+        .iter()
+        .map(|d| d.text.split_whitespace().count())
+        .sum();
     assert_eq!(words, 12_994_798);
     assert_eq!(c.docs[34_885].id, "real:34885");
 }
@@ -54,9 +67,13 @@ fn duplicates_are_removed_before_any_split() {
     assert_eq!(c.docs.len(), 34_886 - 1_017);
     let full = RealCorpus::load(&movie_plots(), &CleanConfig::default()).unwrap();
     assert!(full.report.dropped_duplicates >= 1_017, "{:?}", full.report);
-    assert!(full.docs.iter().all(|d| !d.text.contains("\r\n") && !d.text.contains("[1]") && !d.text.is_empty()));
+    assert!(full
+        .docs
+        .iter()
+        .all(|d| !d.text.contains("\r\n") && !d.text.contains("[1]") && !d.text.is_empty()));
     assert_eq!(full.docs[0].text.chars().last(), Some('.'));
-    let distinct: std::collections::HashSet<&str> = full.docs.iter().map(|d| d.text.as_str()).collect();
+    let distinct: std::collections::HashSet<&str> =
+        full.docs.iter().map(|d| d.text.as_str()).collect();
     assert_eq!(distinct.len(), full.docs.len());
 }
 
@@ -66,8 +83,11 @@ fn gpt2_round_trips_and_matches_openai_ids() {
     assert_eq!(tok.encode("Hello world").unwrap(), [15496, 995]);
     assert_eq!(tok.eot(), 50256);
     assert_eq!(tok.vocab_size(), 50_257);
-    let from_files =
-        Tokenizer::gpt2_from_vocab_merges(&data_dir().join("gpt2/vocab.json"), &data_dir().join("gpt2/merges.txt")).unwrap();
+    let from_files = Tokenizer::gpt2_from_vocab_merges(
+        &data_dir().join("gpt2/vocab.json"),
+        &data_dir().join("gpt2/merges.txt"),
+    )
+    .unwrap();
     assert_eq!(from_files.eot(), 50256);
     let c = RealCorpus::load(&movie_plots(), &CleanConfig::default()).unwrap();
     for d in c.docs.iter().step_by(997) {
@@ -84,7 +104,11 @@ fn the_token_cache_answers_a_second_time_with_the_same_tokens() {
     let mut w = csv::Writer::from_path(&src_path).unwrap();
     w.write_record(["Title", "Plot"]).unwrap();
     for i in 0..50 {
-        w.write_record([format!("t{i}"), format!("Plot number {i}.\r\nIt ends.[{i}]")]).unwrap();
+        w.write_record([
+            format!("t{i}"),
+            format!("Plot number {i}.\r\nIt ends.[{i}]"),
+        ])
+        .unwrap();
     }
     w.flush().unwrap();
     let source = Source::new(src_path.to_str().unwrap(), None);

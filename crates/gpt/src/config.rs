@@ -55,7 +55,7 @@ impl GptConfig {
                 "vocab_size, block_size, n_layer and n_head must be positive: {self:?}"
             ));
         }
-        if self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd ({}) must be a positive multiple of n_head ({})",
                 self.n_embd, self.n_head
@@ -65,7 +65,10 @@ impl GptConfig {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         if self.vocab_size > u32::MAX as usize {
-            return bad(format!("vocab_size {} does not fit token ids", self.vocab_size));
+            return bad(format!(
+                "vocab_size {} does not fit token ids",
+                self.vocab_size
+            ));
         }
         Ok(())
     }
@@ -78,7 +81,11 @@ impl GptConfig {
         let attn = c * 3 * c + b * 3 * c + c * c + b * c;
         let mlp = c * 4 * c + b * 4 * c + 4 * c * c + b * c;
         let block = 2 * ln + attn + mlp;
-        let wpe = if include_position_embeddings { self.block_size * c } else { 0 };
+        let wpe = if include_position_embeddings {
+            self.block_size * c
+        } else {
+            0
+        };
         self.vocab_size * c + wpe + self.n_layer * block + ln
     }
 
@@ -111,7 +118,11 @@ mod tests {
     fn invalid_configs_are_refused() {
         let mut c = GptConfig::paper();
         c.n_head = 3;
-        assert!(c.validate().unwrap_err().to_string().contains("multiple of n_head"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of n_head"));
         let mut c = GptConfig::paper();
         c.dropout = 1.0;
         assert!(c.validate().is_err());

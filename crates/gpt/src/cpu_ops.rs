@@ -8,7 +8,9 @@
 //! saved inputs. The model uses them on the CPU for f32 and f64; other devices, and tests that compare the two,
 //! use the plain ops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -28,7 +30,9 @@ fn with_slice<T: Real + candle_core::WithDType, R>(
 ) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*s else { candle_core::bail!("expected a CPU tensor") };
+    let Storage::Cpu(s) = &*s else {
+        candle_core::bail!("expected a CPU tensor")
+    };
     f(contiguous_slice::<T>(s, l)?)
 }
 
@@ -42,10 +46,15 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: Real + candle_core::WithDType>(s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+        fn run<T: Real + candle_core::WithDType>(
+            s: &CpuStorage,
+            l: &Layout,
+        ) -> candle_core::Result<CpuStorage> {
             let x = contiguous_slice::<T>(s, l)?;
             let mut y = vec![T::zero(); x.len()];
-            y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| T::gelu_slice(x, y));
+            y.par_chunks_mut(1 << 14)
+                .zip(x.par_chunks(1 << 14))
+                .for_each(|(y, x)| T::gelu_slice(x, y));
             Ok(T::wrap(y))
         }
         let out = match dtype_of(s) {
@@ -57,7 +66,10 @@ impl CustomOp1 for Gelu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        fn run<T: Real + candle_core::WithDType>(x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+        fn run<T: Real + candle_core::WithDType>(
+            x: &Tensor,
+            dy: &Tensor,
+        ) -> candle_core::Result<Tensor> {
             let dx = with_slice::<T, _>(x, |x| {
                 with_slice::<T, _>(dy, |dy| {
                     let mut dx = vec![T::zero(); x.len()];
@@ -97,17 +109,23 @@ impl LayerNormOp {
         (w, lw): (&CpuStorage, &Layout),
         (b, lb): (&CpuStorage, &Layout),
     ) -> candle_core::Result<CpuStorage> {
-        let (x, w, b) = (contiguous_slice::<T>(x, lx)?, contiguous_slice::<T>(w, lw)?, contiguous_slice::<T>(b, lb)?);
+        let (x, w, b) = (
+            contiguous_slice::<T>(x, lx)?,
+            contiguous_slice::<T>(w, lw)?,
+            contiguous_slice::<T>(b, lb)?,
+        );
         let c = w.len();
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(c * ROWS_PER_TASK).zip(x.par_chunks(c * ROWS_PER_TASK)).for_each(|(y, x)| {
-            for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for j in 0..c {
-                    yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+        y.par_chunks_mut(c * ROWS_PER_TASK)
+            .zip(x.par_chunks(c * ROWS_PER_TASK))
+            .for_each(|(y, x)| {
+                for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for j in 0..c {
+                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+                    }
                 }
-            }
-        });
+            });
         Ok(T::wrap(y))
     }
 
@@ -125,10 +143,15 @@ impl LayerNormOp {
                     // Per-task partial sums of dw and db, added in task order: deterministic.
                     let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
                         .par_chunks_mut(c * ROWS_PER_TASK)
-                        .zip(x.par_chunks(c * ROWS_PER_TASK).zip(dy.par_chunks(c * ROWS_PER_TASK)))
+                        .zip(
+                            x.par_chunks(c * ROWS_PER_TASK)
+                                .zip(dy.par_chunks(c * ROWS_PER_TASK)),
+                        )
                         .map(|(dx, (x, dy))| {
                             let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
-                            for ((dxr, xr), dyr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+                            for ((dxr, xr), dyr) in
+                                dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c))
+                            {
                                 let (mean, rstd) = row_stats(xr, self.eps);
                                 let (mut m1, mut m2) = (0f64, 0f64);
                                 for j in 0..c {
@@ -245,7 +268,18 @@ impl CausalAttention {
         let (b, h) = (bh / nh, bh % nh);
         let q = qkv.as_ptr().add(b * t * c3 + h * hd);
         let k = q.add(c);
-        gemm_into_with((t, t, hd), p.as_mut_ptr(), t, false, q, (c3, 1), k, (1, c3), T::one(), Parallelism::None);
+        gemm_into_with(
+            (t, t, hd),
+            p.as_mut_ptr(),
+            t,
+            false,
+            q,
+            (c3, 1),
+            k,
+            (1, c3),
+            T::one(),
+            Parallelism::None,
+        );
         let scale = T::cast(1.0 / (hd as f64).sqrt());
         for i in 0..t {
             let row = &mut p[i * t..(i + 1) * t];
@@ -257,7 +291,11 @@ impl CausalAttention {
         }
     }
 
-    fn fwd<T: Real + candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+    fn fwd<T: Real + candle_core::WithDType>(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CpuStorage> {
         let qkv = contiguous_slice::<T>(s, l)?;
         let (t, nh) = (self.t, self.n_head);
         let c3 = qkv.len() / (self.b * t);
@@ -273,14 +311,29 @@ impl CausalAttention {
                     self.probs(qkv, bh, p);
                     let v = qkv.as_ptr().add(b * t * c3 + 2 * c + h * hd);
                     let dst = yp.ptr().add(b * t * c + h * hd);
-                    gemm_into_with((t, hd, t), dst, c, false, p.as_ptr(), (t, 1), v, (c3, 1), T::one(), Parallelism::None);
+                    gemm_into_with(
+                        (t, hd, t),
+                        dst,
+                        c,
+                        false,
+                        p.as_ptr(),
+                        (t, 1),
+                        v,
+                        (c3, 1),
+                        T::one(),
+                        Parallelism::None,
+                    );
                 }
             },
         );
         Ok(T::wrap(y))
     }
 
-    fn bwd_t<T: Real + candle_core::WithDType>(&self, qkv: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+    fn bwd_t<T: Real + candle_core::WithDType>(
+        &self,
+        qkv: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let (t, nh) = (self.t, self.n_head);
         let dqkv = with_slice::<T, _>(qkv, |qkv| {
             with_slice::<T, _>(dy, |dy| {
@@ -298,13 +351,29 @@ impl CausalAttention {
                         unsafe {
                             self.probs(qkv, bh, p);
                             let base = b * t * c3 + h * hd;
-                            let (q, k, v) = (qkv.as_ptr().add(base), qkv.as_ptr().add(base + c), qkv.as_ptr().add(base + 2 * c));
+                            let (q, k, v) = (
+                                qkv.as_ptr().add(base),
+                                qkv.as_ptr().add(base + c),
+                                qkv.as_ptr().add(base + 2 * c),
+                            );
                             let dyp = dy.as_ptr().add(b * t * c + h * hd);
                             // dP = dY V^T
-                            gemm_into_with((t, t, hd), ds.as_mut_ptr(), t, false, dyp, (c, 1), v, (1, c3), T::one(), Parallelism::None);
+                            gemm_into_with(
+                                (t, t, hd),
+                                ds.as_mut_ptr(),
+                                t,
+                                false,
+                                dyp,
+                                (c, 1),
+                                v,
+                                (1, c3),
+                                T::one(),
+                                Parallelism::None,
+                            );
                             // dS = P * (dP - rowsum(dP * P)), times the score scale.
                             for i in 0..t {
-                                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                                let (pr, dr) =
+                                    (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
                                 let dot = (0..=i).fold(T::zero(), |a, j| a + pr[j] * dr[j]);
                                 for j in 0..t {
                                     dr[j] = pr[j] * (dr[j] - dot) * scale;
@@ -312,9 +381,42 @@ impl CausalAttention {
                             }
                             let d = dp_ptr.ptr().add(base);
                             // dQ = dS K, dK = dS^T Q, dV = P^T dY
-                            gemm_into_with((t, hd, t), d, c3, false, ds.as_ptr(), (t, 1), k, (c3, 1), T::one(), Parallelism::None);
-                            gemm_into_with((t, hd, t), d.add(c), c3, false, ds.as_ptr(), (1, t), q, (c3, 1), T::one(), Parallelism::None);
-                            gemm_into_with((t, hd, t), d.add(2 * c), c3, false, p.as_ptr(), (1, t), dyp, (c, 1), T::one(), Parallelism::None);
+                            gemm_into_with(
+                                (t, hd, t),
+                                d,
+                                c3,
+                                false,
+                                ds.as_ptr(),
+                                (t, 1),
+                                k,
+                                (c3, 1),
+                                T::one(),
+                                Parallelism::None,
+                            );
+                            gemm_into_with(
+                                (t, hd, t),
+                                d.add(c),
+                                c3,
+                                false,
+                                ds.as_ptr(),
+                                (1, t),
+                                q,
+                                (c3, 1),
+                                T::one(),
+                                Parallelism::None,
+                            );
+                            gemm_into_with(
+                                (t, hd, t),
+                                d.add(2 * c),
+                                c3,
+                                false,
+                                p.as_ptr(),
+                                (1, t),
+                                dyp,
+                                (c, 1),
+                                T::one(),
+                                Parallelism::None,
+                            );
                         }
                     },
                 );
@@ -333,7 +435,12 @@ impl CustomOp1 for CausalAttention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, c3) = l.shape().dims2()?;
         if rows != self.b * self.t || c3 % (3 * self.n_head) != 0 {
-            candle_core::bail!("causal-attention: qkv {rows}x{c3} for B={} T={} heads={}", self.b, self.t, self.n_head);
+            candle_core::bail!(
+                "causal-attention: qkv {rows}x{c3} for B={} T={} heads={}",
+                self.b,
+                self.t,
+                self.n_head
+            );
         }
         let out = match dtype_of(s) {
             DType::F32 => self.fwd::<f32>(s, l)?,
@@ -369,12 +476,27 @@ impl LinearOp {
         if k != k2 || lb.shape().elem_count() != o {
             candle_core::bail!("linear: x {n}x{k}, w {o}x{k2}, b {:?}", lb.shape());
         }
-        let (x, w, b) = (contiguous_slice::<T>(x, lx)?, contiguous_slice::<T>(w, lw)?, contiguous_slice::<T>(b, lb)?);
+        let (x, w, b) = (
+            contiguous_slice::<T>(x, lx)?,
+            contiguous_slice::<T>(w, lw)?,
+            contiguous_slice::<T>(b, lb)?,
+        );
         let mut y = vec![T::zero(); n * o];
-        y.par_chunks_mut(o * ROWS_PER_TASK).for_each(|c| c.chunks_mut(o).for_each(|r| r.copy_from_slice(b)));
+        y.par_chunks_mut(o * ROWS_PER_TASK)
+            .for_each(|c| c.chunks_mut(o).for_each(|r| r.copy_from_slice(b)));
         // SAFETY: y is n x o, x is n x k, w is o x k.
         unsafe {
-            crate::fused::gemm_into((n, o, k), y.as_mut_ptr(), o, true, x.as_ptr(), (k, 1), w.as_ptr(), (1, k), T::one());
+            crate::fused::gemm_into(
+                (n, o, k),
+                y.as_mut_ptr(),
+                o,
+                true,
+                x.as_ptr(),
+                (k, 1),
+                w.as_ptr(),
+                (1, k),
+                T::one(),
+            );
         }
         Ok((T::wrap(y), Shape::from((n, o))))
     }
@@ -393,8 +515,28 @@ impl LinearOp {
                     let mut dw = vec![T::zero(); o * k];
                     // SAFETY: dx is n x k, dw is o x k, dy is n x o.
                     unsafe {
-                        crate::fused::gemm_into((n, k, o), dx.as_mut_ptr(), k, false, dy.as_ptr(), (o, 1), w.as_ptr(), (k, 1), T::one());
-                        crate::fused::gemm_into((o, k, n), dw.as_mut_ptr(), k, false, dy.as_ptr(), (1, o), x.as_ptr(), (k, 1), T::one());
+                        crate::fused::gemm_into(
+                            (n, k, o),
+                            dx.as_mut_ptr(),
+                            k,
+                            false,
+                            dy.as_ptr(),
+                            (o, 1),
+                            w.as_ptr(),
+                            (k, 1),
+                            T::one(),
+                        );
+                        crate::fused::gemm_into(
+                            (o, k, n),
+                            dw.as_mut_ptr(),
+                            k,
+                            false,
+                            dy.as_ptr(),
+                            (1, o),
+                            x.as_ptr(),
+                            (k, 1),
+                            T::one(),
+                        );
                     }
                     let partial: Vec<Vec<T>> = dy
                         .par_chunks(o * ROWS_PER_TASK * 4)
@@ -402,7 +544,7 @@ impl LinearOp {
                             let mut s = vec![T::zero(); o];
                             for r in c.chunks(o) {
                                 for j in 0..o {
-                                    s[j] = s[j] + r[j];
+                                    s[j] += r[j];
                                 }
                             }
                             s
@@ -411,7 +553,7 @@ impl LinearOp {
                     let mut db = vec![T::zero(); o];
                     for p in partial {
                         for j in 0..o {
-                            db[j] = db[j] + p[j];
+                            db[j] += p[j];
                         }
                     }
                     Ok((dx, dw, db))

@@ -78,7 +78,10 @@ impl Real for f32 {
                 acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
             }
         }
-        let mut m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut m = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         for a in acc {
             m = m.max(a);
         }
@@ -222,7 +225,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
+    let mut p = 1.987_569_2e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
@@ -334,6 +337,9 @@ pub(crate) unsafe fn gemm_into_with<T: Copy + 'static>(
     )
 }
 
+/// Gradients with respect to the hidden states and the (tied) embedding matrix.
+pub(crate) type Grads<T> = (Vec<T>, Vec<T>);
+
 /// Sum of next-token NLL of `h (n x c) . w^T (c x v)` against `targets`, and, if asked, the gradients of the
 /// MEAN loss with respect to `h` and `w`.
 pub(crate) fn lce_kernel<T: Real>(
@@ -342,7 +348,7 @@ pub(crate) fn lce_kernel<T: Real>(
     targets: &[u32],
     (n, c, v): (usize, usize, usize),
     with_grads: bool,
-) -> (f64, Option<(Vec<T>, Vec<T>)>) {
+) -> (f64, Option<Grads<T>>) {
     assert_eq!(h.len(), n * c);
     assert_eq!(w.len(), v * c);
     assert_eq!(targets.len(), n);
@@ -351,8 +357,16 @@ pub(crate) fn lce_kernel<T: Real>(
     let rows_per_chunk = n.div_ceil(n_chunks).max(1);
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut logits = T::scratch(&mut scratch, rows_per_chunk * v);
-    let mut dh = if with_grads { vec![T::ZERO; n * c] } else { Vec::new() };
-    let mut dw = if with_grads { vec![T::ZERO; v * c] } else { Vec::new() };
+    let mut dh = if with_grads {
+        vec![T::ZERO; n * c]
+    } else {
+        Vec::new()
+    };
+    let mut dw = if with_grads {
+        vec![T::ZERO; v * c]
+    } else {
+        Vec::new()
+    };
     let mut row_loss = vec![0f64; n];
     for (chunk, r0) in (0..n).step_by(rows_per_chunk).enumerate() {
         let rows = rows_per_chunk.min(n - r0);
@@ -455,7 +469,10 @@ impl LinearCrossEntropy {
         let (n, c) = l1.shape().dims2()?;
         let (v, c2) = l2.shape().dims2()?;
         if c != c2 || n != self.targets.len() {
-            candle_core::bail!("linear_cross_entropy: h {n}x{c}, w {v}x{c2}, {} targets", self.targets.len());
+            candle_core::bail!(
+                "linear_cross_entropy: h {n}x{c}, w {v}x{c2}, {} targets",
+                self.targets.len()
+            );
         }
         if let Some(&bad) = self.targets.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("linear_cross_entropy: target {bad} outside the vocabulary of {v}");
@@ -467,7 +484,10 @@ impl LinearCrossEntropy {
         let dh = Tensor::from_vec(dh, (n, c), &Device::Cpu)?;
         let dw = Tensor::from_vec(dw, (v, c), &Device::Cpu)?;
         *self.grads.lock().expect("poisoned") = Some((dh, dw));
-        Ok((T::wrap(vec![<T as Real>::cast(sum / n as f64)]), Shape::from(())))
+        Ok((
+            T::wrap(vec![<T as Real>::cast(sum / n as f64)]),
+            Shape::from(()),
+        ))
     }
 }
 
@@ -497,12 +517,9 @@ impl CustomOp2 for LinearCrossEntropy {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dh, dw) = self
-            .grads
-            .lock()
-            .expect("poisoned")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("linear_cross_entropy: backward ran twice".into()))?;
+        let (dh, dw) = self.grads.lock().expect("poisoned").take().ok_or_else(|| {
+            candle_core::Error::Msg("linear_cross_entropy: backward ran twice".into())
+        })?;
         Ok((
             Some(dh.broadcast_mul(grad_res)?),
             Some(dw.broadcast_mul(grad_res)?),
@@ -511,7 +528,11 @@ impl CustomOp2 for LinearCrossEntropy {
 }
 
 /// Sum of next-token NLL of `h . w^T` over all rows, with no gradient: the evaluator's exact CPU path.
-pub fn linear_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> candle_core::Result<f64> {
+pub fn linear_cross_entropy_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+) -> candle_core::Result<f64> {
     let (n, c) = h.dims2()?;
     let (v, _) = w.dims2()?;
     let h = h.contiguous()?;
@@ -526,10 +547,24 @@ pub fn linear_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> cand
     }
     let sum = match candle_core::backend::BackendStorage::dtype(hs) {
         DType::F32 => {
-            lce_kernel(contiguous_slice::<f32>(hs, hl)?, contiguous_slice::<f32>(ws, wl)?, targets, (n, c, v), false).0
+            lce_kernel(
+                contiguous_slice::<f32>(hs, hl)?,
+                contiguous_slice::<f32>(ws, wl)?,
+                targets,
+                (n, c, v),
+                false,
+            )
+            .0
         }
         DType::F64 => {
-            lce_kernel(contiguous_slice::<f64>(hs, hl)?, contiguous_slice::<f64>(ws, wl)?, targets, (n, c, v), false).0
+            lce_kernel(
+                contiguous_slice::<f64>(hs, hl)?,
+                contiguous_slice::<f64>(ws, wl)?,
+                targets,
+                (n, c, v),
+                false,
+            )
+            .0
         }
         d => candle_core::bail!("unsupported dtype {d:?}"),
     };
@@ -549,7 +584,10 @@ mod tests {
         for (x, y) in xs.iter().zip(&ys) {
             let e = (*x as f64).exp();
             want += e;
-            assert!(((*y as f64 - e) / e).abs() < 5e-7, "exp({x}) = {y}, want {e}");
+            assert!(
+                ((*y as f64 - e) / e).abs() < 5e-7,
+                "exp({x}) = {y}, want {e}"
+            );
         }
         assert!(((s as f64 - want) / want).abs() < 1e-5);
     }
@@ -557,8 +595,12 @@ mod tests {
     #[test]
     fn kernel_matches_a_naive_softmax() {
         let (n, c, v) = (5, 3, 7);
-        let h: Vec<f64> = (0..n * c).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3).collect();
-        let w: Vec<f64> = (0..v * c).map(|i| ((i * 5 % 13) as f64 - 6.0) * 0.2).collect();
+        let h: Vec<f64> = (0..n * c)
+            .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3)
+            .collect();
+        let w: Vec<f64> = (0..v * c)
+            .map(|i| ((i * 5 % 13) as f64 - 6.0) * 0.2)
+            .collect();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 3) % v as u32).collect();
         let (sum, grads) = lce_kernel(&h, &w, &targets, (n, c, v), true);
         let (dh, dw) = grads.unwrap();
@@ -566,7 +608,9 @@ mod tests {
         let mut want_dh = vec![0.0; n * c];
         let mut want_dw = vec![0.0; v * c];
         for r in 0..n {
-            let logits: Vec<f64> = (0..v).map(|j| (0..c).map(|k| h[r * c + k] * w[j * c + k]).sum()).collect();
+            let logits: Vec<f64> = (0..v)
+                .map(|j| (0..c).map(|k| h[r * c + k] * w[j * c + k]).sum())
+                .collect();
             let z: f64 = logits.iter().map(|l| l.exp()).sum();
             want += z.ln() - logits[targets[r] as usize];
             for j in 0..v {

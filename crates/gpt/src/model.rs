@@ -90,7 +90,13 @@ impl Dropout<'_> {
         use rand::Rng;
         let keep = 1.0 - self.p;
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+            .map(|_| {
+                if self.rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)
@@ -159,8 +165,16 @@ impl CausalSelfAttention {
             let y = qkv.apply_op1(CausalAttention { b, t, n_head: nh })?;
             if let Some(slot) = cache {
                 let kv = qkv.reshape((b, t, 3, nh, hd))?;
-                let k = kv.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
-                let v = kv.narrow(2, 2, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
+                let k = kv
+                    .narrow(2, 1, 1)?
+                    .squeeze(2)?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+                let v = kv
+                    .narrow(2, 2, 1)?
+                    .squeeze(2)?
+                    .transpose(1, 2)?
+                    .contiguous()?;
                 *slot = Some((k, v));
             }
             return self.c_proj.forward(&y, cpu_kernels);
@@ -190,7 +204,9 @@ impl CausalSelfAttention {
         if t > 1 {
             // Query i sits at position past + i and sees keys 0..=past + i.
             let mask: Vec<f32> = (0..t)
-                .flat_map(|i| (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
                 .collect();
             let mask = Tensor::from_vec(mask, (t, tk), x.device())?.to_dtype(att.dtype())?;
             att = att.broadcast_add(&mask)?;
@@ -214,10 +230,19 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, dropout: &mut Option<Dropout>, cpu_kernels: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        dropout: &mut Option<Dropout>,
+        cpu_kernels: bool,
+    ) -> Result<Tensor> {
         let h = self.c_fc.forward(x, cpu_kernels)?;
         // candle's `gelu` is GPT-2's tanh approximation, with a backward pass.
-        let h = if cpu_kernels { h.apply_op1(Gelu)? } else { h.gelu()? };
+        let h = if cpu_kernels {
+            h.apply_op1(Gelu)?
+        } else {
+            h.gelu()?
+        };
         let y = self.c_proj.forward(&h, cpu_kernels)?;
         match dropout {
             Some(d) => d.apply(&y),
@@ -259,8 +284,16 @@ fn parameter_specs(cfg: &GptConfig) -> Vec<(String, Vec<usize>, Init)> {
     let std = 0.02;
     let resid_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
     let mut specs = vec![
-        ("transformer.wte.weight".to_string(), vec![cfg.vocab_size, c], Init::Normal(std)),
-        ("transformer.wpe.weight".to_string(), vec![cfg.block_size, c], Init::Normal(std)),
+        (
+            "transformer.wte.weight".to_string(),
+            vec![cfg.vocab_size, c],
+            Init::Normal(std),
+        ),
+        (
+            "transformer.wpe.weight".to_string(),
+            vec![cfg.block_size, c],
+            Init::Normal(std),
+        ),
     ];
     let ln = |specs: &mut Vec<_>, p: String| {
         specs.push((format!("{p}.weight"), vec![c], Init::Ones));
@@ -417,9 +450,14 @@ impl Gpt {
                 self.config.block_size
             )));
         }
-        let tok = self.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, self.config.n_embd))?;
+        let tok = self
+            .wte
+            .embedding(&idx.flatten_all()?)?
+            .reshape((b, t, self.config.n_embd))?;
         let pos = self.wpe.narrow(0, past, t)?;
-        let mut x = tok.broadcast_add(&pos)?.reshape((b * t, self.config.n_embd))?;
+        let mut x = tok
+            .broadcast_add(&pos)?
+            .reshape((b * t, self.config.n_embd))?;
         if let Some(d) = &mut dropout {
             x = d.apply(&x)?;
         }
@@ -429,9 +467,14 @@ impl Gpt {
         let k = self.uses_fused_cpu_kernel();
         for (l, block) in self.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a = block.attn.forward(&block.ln_1.forward(&x, k)?, (b, t), slot, &mut dropout, k)?;
+            let a =
+                block
+                    .attn
+                    .forward(&block.ln_1.forward(&x, k)?, (b, t), slot, &mut dropout, k)?;
             x = (x + a)?;
-            let m = block.mlp.forward(&block.ln_2.forward(&x, k)?, &mut dropout, k)?;
+            let m = block
+                .mlp
+                .forward(&block.ln_2.forward(&x, k)?, &mut dropout, k)?;
             x = (x + m)?;
         }
         self.ln_f.forward(&x, k)
@@ -441,7 +484,8 @@ impl Gpt {
     pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let h = self.hidden(idx, None, None)?;
-        Ok(h.matmul(&self.wte.t()?)?.reshape((b, t, self.config.vocab_size))?)
+        Ok(h.matmul(&self.wte.t()?)?
+            .reshape((b, t, self.config.vocab_size))?)
     }
 
     /// Logits `[B, vocab]` of the last position of `idx`, which follows the positions in `cache` (and is
@@ -449,15 +493,26 @@ impl Gpt {
     pub fn forward_last(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let h = self.hidden(idx, Some(cache), None)?;
-        let last = h.reshape((b, t, self.config.n_embd))?.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let last = h
+            .reshape((b, t, self.config.n_embd))?
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?;
         Ok(last.matmul(&self.wte.t()?)?)
     }
 
     /// Mean next-token cross-entropy of `idx` `[B, T]` against `targets` `[B, T]`, differentiable with respect
     /// to every parameter. `dropout_rng` turns dropout on (training) when the config has any.
-    pub fn loss(&self, idx: &Tensor, targets: &Tensor, dropout_rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+        dropout_rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
         let dropout = match dropout_rng {
-            Some(rng) if self.config.dropout > 0.0 => Some(Dropout { p: self.config.dropout, rng }),
+            Some(rng) if self.config.dropout > 0.0 => Some(Dropout {
+                p: self.config.dropout,
+                rng,
+            }),
             _ => None,
         };
         let h = self.hidden(idx, None, dropout)?;
@@ -477,7 +532,11 @@ impl Gpt {
         let targets = targets.flatten_all()?;
         if self.uses_fused_cpu_kernel() {
             let w = self.wte.as_tensor().detach();
-            return Ok(linear_cross_entropy_sum(&h, &w, &targets.to_vec1::<u32>()?)?);
+            return Ok(linear_cross_entropy_sum(
+                &h,
+                &w,
+                &targets.to_vec1::<u32>()?,
+            )?);
         }
         let logits = h.matmul(&self.wte.as_tensor().detach().t()?)?;
         let n = logits.dim(0)?;
@@ -488,7 +547,8 @@ impl Gpt {
 
     fn uses_fused_cpu_kernel(&self) -> bool {
         self.cpu_kernels
-            && self.device().is_cpu() && matches!(self.dtype(), DType::F32 | DType::F64)
+            && self.device().is_cpu()
+            && matches!(self.dtype(), DType::F32 | DType::F64)
     }
 
     /// Writes the parameters under their GPT-2 names and the config as JSON metadata, atomically: a crash
@@ -509,10 +569,13 @@ impl Gpt {
     /// Reads a checkpoint written by [`Gpt::save`]; the config comes from the file.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let (tensors, meta) = load_safetensors(path, device)?;
-        let ck = |msg: String| Error::Checkpoint { path: path.display().to_string(), msg };
-        let config = meta
-            .get("config")
-            .ok_or_else(|| ck("no model config in its metadata: not a collapse-lab checkpoint".into()))?;
+        let ck = |msg: String| Error::Checkpoint {
+            path: path.display().to_string(),
+            msg,
+        };
+        let config = meta.get("config").ok_or_else(|| {
+            ck("no model config in its metadata: not a collapse-lab checkpoint".into())
+        })?;
         let config: GptConfig =
             serde_json::from_str(config).map_err(|e| ck(format!("bad config metadata: {e}")))?;
         let tensors = tensors
@@ -533,8 +596,15 @@ fn cross_entropy_mean(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Writes named tensors and string metadata to `path` through a temp file, fsync and rename.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], meta: HashMap<String, String>) -> Result<()> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -543,11 +613,17 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], meta: HashMap
             let (dtype, bytes): (_, Vec<u8>) = match t.dtype() {
                 DType::F64 => {
                     let v = t.flatten_all()?.to_vec1::<f64>()?;
-                    (safetensors::Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    (
+                        safetensors::Dtype::F64,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    )
                 }
                 _ => {
                     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                    (safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    (
+                        safetensors::Dtype::F32,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    )
                 }
             };
             Ok((n.clone(), bytes, t.dims().to_vec(), dtype))
@@ -568,9 +644,18 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], meta: HashMap
 }
 
 /// Reads every tensor of a safetensors file onto `device`, with its metadata.
-pub fn load_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let ck = |msg: String| Error::Checkpoint { path: path.display().to_string(), msg };
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+pub fn load_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let ck = |msg: String| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg,
+    };
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| ck(format!("truncated or corrupt safetensors file ({e})")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -581,11 +666,19 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String,
         let shape = view.shape().to_vec();
         let t = match view.dtype() {
             safetensors::Dtype::F32 => {
-                let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let v: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 Tensor::from_vec(v, shape, device)?
             }
             safetensors::Dtype::F64 => {
-                let v: Vec<f64> = view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+                let v: Vec<f64> = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 Tensor::from_vec(v, shape, device)?
             }
             d => return Err(ck(format!("tensor {name} has unsupported dtype {d:?}"))),
@@ -602,8 +695,14 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String,
 /// same directory, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

@@ -28,7 +28,13 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 200, temperature: 1.0, top_k: None, top_p: None, stop_token: Some(50256) }
+        Self {
+            max_new_tokens: 200,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            stop_token: Some(50256),
+        }
     }
 }
 
@@ -36,7 +42,10 @@ impl GenerateConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Generate(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if self.top_k == Some(0) {
             return bad("top_k must be at least 1".into());
@@ -50,7 +59,11 @@ impl GenerateConfig {
     }
 
     pub fn sampler(&self) -> Sampler {
-        Sampler { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+        Sampler {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
     }
 }
 
@@ -82,7 +95,10 @@ impl Sampler {
             let mut sorted = logits.to_vec();
             let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
             let threshold = *kth;
-            logits.iter_mut().filter(|x| **x < threshold).for_each(|x| *x = f32::NEG_INFINITY);
+            logits
+                .iter_mut()
+                .filter(|x| **x < threshold)
+                .for_each(|x| *x = f32::NEG_INFINITY);
         }
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let total = fast_exp_slice(logits, max) as f64;
@@ -117,8 +133,14 @@ impl Sampler {
 /// The smallest set of most probable tokens whose mass reaches `p` of `total`, most probable first. Sorts
 /// only as many candidates as it needs: the nucleus of a 50k vocabulary is usually a few hundred tokens.
 fn nucleus(probs: &[f32], total: f64, p: f64) -> Vec<u32> {
-    let mut cand: Vec<u32> = (0..probs.len() as u32).filter(|&i| probs[i as usize] > 0.0).collect();
-    let by_prob = |a: &u32, b: &u32| probs[*b as usize].total_cmp(&probs[*a as usize]).then(a.cmp(b));
+    let mut cand: Vec<u32> = (0..probs.len() as u32)
+        .filter(|&i| probs[i as usize] > 0.0)
+        .collect();
+    let by_prob = |a: &u32, b: &u32| {
+        probs[*b as usize]
+            .total_cmp(&probs[*a as usize])
+            .then(a.cmp(b))
+    };
     let mut k = 256.min(cand.len());
     loop {
         if k < cand.len() {
@@ -153,13 +175,22 @@ impl<'a> Decoder<'a> {
     pub fn new(model: &'a Gpt, prompts: Vec<Vec<u32>>) -> Result<Self> {
         let len = prompts.first().map_or(0, |p| p.len());
         if len == 0 || prompts.iter().any(|p| p.len() != len) {
-            return Err(Error::Generate("prompts must be non-empty and of equal length".into()));
+            return Err(Error::Generate(
+                "prompts must be non-empty and of equal length".into(),
+            ));
         }
         let vocab = model.config().vocab_size;
         if prompts.iter().flatten().any(|&t| t as usize >= vocab) {
-            return Err(Error::Generate(format!("a prompt token is outside the vocabulary of {vocab}")));
+            return Err(Error::Generate(format!(
+                "a prompt token is outside the vocabulary of {vocab}"
+            )));
         }
-        let mut d = Self { model, cache: KvCache::default(), tokens: prompts, logits: Tensor::zeros(1, DType::F32, model.device())? };
+        let mut d = Self {
+            model,
+            cache: KvCache::default(),
+            tokens: prompts,
+            logits: Tensor::zeros(1, DType::F32, model.device())?,
+        };
         d.prefill()?;
         Ok(d)
     }
@@ -168,8 +199,16 @@ impl<'a> Decoder<'a> {
         let block = self.model.config().block_size;
         let len = self.tokens[0].len();
         let start = len.saturating_sub(block);
-        let window: Vec<u32> = self.tokens.iter().flat_map(|t| t[start..].iter().copied()).collect();
-        let idx = Tensor::from_vec(window, (self.tokens.len(), len - start), self.model.device())?;
+        let window: Vec<u32> = self
+            .tokens
+            .iter()
+            .flat_map(|t| t[start..].iter().copied())
+            .collect();
+        let idx = Tensor::from_vec(
+            window,
+            (self.tokens.len(), len - start),
+            self.model.device(),
+        )?;
         self.cache.clear();
         self.logits = self.model.forward_last(&idx, &mut self.cache)?;
         Ok(())
@@ -188,7 +227,11 @@ impl<'a> Decoder<'a> {
     /// Appends one token to every sequence and computes the next logits.
     pub fn push(&mut self, next: &[u32]) -> Result<()> {
         if next.len() != self.tokens.len() {
-            return Err(Error::Generate(format!("{} tokens for {} sequences", next.len(), self.tokens.len())));
+            return Err(Error::Generate(format!(
+                "{} tokens for {} sequences",
+                next.len(),
+                self.tokens.len()
+            )));
         }
         for (t, &n) in self.tokens.iter_mut().zip(next) {
             t.push(n);
@@ -203,7 +246,9 @@ impl<'a> Decoder<'a> {
 
     /// Keeps the sequences whose flag is true, in order.
     pub fn retain(&mut self, keep: &[bool]) -> Result<()> {
-        let rows: Vec<u32> = (0..keep.len() as u32).filter(|&i| keep[i as usize]).collect();
+        let rows: Vec<u32> = (0..keep.len() as u32)
+            .filter(|&i| keep[i as usize])
+            .collect();
         if rows.len() == keep.len() {
             return Ok(());
         }
@@ -246,7 +291,11 @@ pub fn generate(
     let mut dec = Decoder::new(model, vec![prompt.to_vec(); count])?;
     let vocab = model.config().vocab_size;
     for step in 0..cfg.max_new_tokens {
-        let mut logits = dec.logits().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut logits = dec
+            .logits()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let next: Vec<u32> = logits
             .par_chunks_mut(vocab)
             .zip(rngs.par_iter_mut())
@@ -261,7 +310,12 @@ pub fn generate(
         if step + 1 == cfg.max_new_tokens {
             break;
         }
-        let next_kept: Vec<u32> = next.iter().zip(&keep).filter(|(_, &k)| k).map(|(&t, _)| t).collect();
+        let next_kept: Vec<u32> = next
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(&t, _)| t)
+            .collect();
         retain_flagged(&mut active, &keep);
         retain_flagged(&mut rngs, &keep);
         if active.is_empty() {

@@ -7,10 +7,19 @@ use rand_chacha::ChaCha8Rng;
 
 fn batch(cfg: &GptConfig, b: usize, t: usize, seed: u64, dev: &Device) -> (Tensor, Tensor) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let toks: Vec<u32> = (0..b * (t + 1)).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
-    let x: Vec<u32> = (0..b).flat_map(|i| toks[i * (t + 1)..i * (t + 1) + t].to_vec()).collect();
-    let y: Vec<u32> = (0..b).flat_map(|i| toks[i * (t + 1) + 1..(i + 1) * (t + 1)].to_vec()).collect();
-    (Tensor::from_vec(x, (b, t), dev).unwrap(), Tensor::from_vec(y, (b, t), dev).unwrap())
+    let toks: Vec<u32> = (0..b * (t + 1))
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let x: Vec<u32> = (0..b)
+        .flat_map(|i| toks[i * (t + 1)..i * (t + 1) + t].to_vec())
+        .collect();
+    let y: Vec<u32> = (0..b)
+        .flat_map(|i| toks[i * (t + 1) + 1..(i + 1) * (t + 1)].to_vec())
+        .collect();
+    (
+        Tensor::from_vec(x, (b, t), dev).unwrap(),
+        Tensor::from_vec(y, (b, t), dev).unwrap(),
+    )
 }
 
 #[test]
@@ -27,12 +36,26 @@ fn the_paper_model_has_16_058_112_parameters() {
 
 #[test]
 fn initialisation_follows_gpt2_and_is_seeded() {
-    let cfg = GptConfig { n_embd: 64, n_head: 4, vocab_size: 512, ..GptConfig::tiny(512) };
+    let cfg = GptConfig {
+        n_embd: 64,
+        n_head: 4,
+        vocab_size: 512,
+        ..GptConfig::tiny(512)
+    };
     let a = Gpt::new(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let b = Gpt::new(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let c = Gpt::new(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
     let std_of = |m: &Gpt, name: &str| {
-        let v = m.params().iter().find(|(n, _)| n == name).unwrap().1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = m
+            .params()
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt()
     };
@@ -49,7 +72,14 @@ fn initialisation_follows_gpt2_and_is_seeded() {
             assert!(vals.iter().all(|&x| x == 1.0), "{n}");
         }
     }
-    let first = |m: &Gpt| m.params()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let first = |m: &Gpt| {
+        m.params()[0]
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     assert_eq!(first(&a), first(&b));
     assert_ne!(first(&a), first(&c));
 }
@@ -63,9 +93,20 @@ fn check_every_parameter_gets_a_gradient(fused: bool) {
     let loss = m.loss(&x, &y, None).unwrap();
     let grads = loss.backward().unwrap();
     for (name, v) in m.params() {
-        let g = grads.get(v).unwrap_or_else(|| panic!("{name} received no gradient"));
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+        let g = grads
+            .get(v)
+            .unwrap_or_else(|| panic!("{name} received no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm {norm}"
+        );
     }
 }
 
@@ -91,24 +132,39 @@ fn gradients_match_finite_differences() {
     let (x, y) = batch(&cfg, 2, 12, 4, &dev);
     for fused in [true, false] {
         m.set_cpu_kernels(fused);
-        let loss_of = |m: &Gpt| -> f64 { m.loss(&x, &y, None).unwrap().to_scalar::<f64>().unwrap() };
+        let loss_of =
+            |m: &Gpt| -> f64 { m.loss(&x, &y, None).unwrap().to_scalar::<f64>().unwrap() };
         let grads = m.loss(&x, &y, None).unwrap().backward().unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut worst: f64 = 0.0;
         for (name, v) in m.params() {
-            let g = grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let g = grads
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let orig = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             for _ in 0..6 {
                 let i = rng.random_range(0..orig.len());
                 let eps = 1e-5;
                 let mut perturbed = orig.clone();
                 perturbed[i] = orig[i] + eps;
-                v.set(&Tensor::from_vec(perturbed.clone(), v.shape(), &dev).unwrap()).unwrap();
+                v.set(&Tensor::from_vec(perturbed.clone(), v.shape(), &dev).unwrap())
+                    .unwrap();
                 let up = loss_of(&m);
                 perturbed[i] = orig[i] - eps;
-                v.set(&Tensor::from_vec(perturbed, v.shape(), &dev).unwrap()).unwrap();
+                v.set(&Tensor::from_vec(perturbed, v.shape(), &dev).unwrap())
+                    .unwrap();
                 let down = loss_of(&m);
-                v.set(&Tensor::from_vec(orig.clone(), v.shape(), &dev).unwrap()).unwrap();
+                v.set(&Tensor::from_vec(orig.clone(), v.shape(), &dev).unwrap())
+                    .unwrap();
                 let fd = (up - down) / (2.0 * eps);
                 let rel = (g[i] - fd).abs() / g[i].abs().max(fd.abs()).max(1e-5);
                 worst = worst.max(rel);
@@ -121,7 +177,10 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn cpu_kernels_equal_plain_ops() {
-    let cfg = GptConfig { vocab_size: 300, ..GptConfig::tiny(300) };
+    let cfg = GptConfig {
+        vocab_size: 300,
+        ..GptConfig::tiny(300)
+    };
     let dev = Device::Cpu;
     let mut m = Gpt::new(&cfg, 9, DType::F32, &dev).unwrap();
     let (x, y) = batch(&cfg, 4, 16, 10, &dev);
@@ -133,8 +192,23 @@ fn cpu_kernels_equal_plain_ops() {
     assert!((la - lb).abs() < 1e-5 * lb.abs(), "{la} vs {lb}");
     let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
     for (name, v) in m.params() {
-        let d = (ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let s = gb.get(v).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (ga.get(v).unwrap() - gb.get(v).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let s = gb
+            .get(v)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d <= 1e-4 * s.max(1e-3), "{name}: max diff {d}, scale {s}");
     }
     let nll = m.nll_sum(&x, &y).unwrap();
@@ -145,7 +219,10 @@ fn cpu_kernels_equal_plain_ops() {
 /// a full recompute over the cropped context (nanoGPT's semantics).
 #[test]
 fn cached_decoding_equals_full_recompute() {
-    let cfg = GptConfig { block_size: 8, ..GptConfig::tiny(64) };
+    let cfg = GptConfig {
+        block_size: 8,
+        ..GptConfig::tiny(64)
+    };
     let dev = Device::Cpu;
     let m = Gpt::new(&cfg, 11, DType::F32, &dev).unwrap();
     let prompts = vec![vec![1u32, 2, 3], vec![4, 5, 6], vec![7, 8, 9]];
@@ -157,9 +234,25 @@ fn cached_decoding_equals_full_recompute() {
         let start = len.saturating_sub(cfg.block_size);
         let flat: Vec<u32> = ctx.iter().flat_map(|t| t[start..].to_vec()).collect();
         let idx = Tensor::from_vec(flat, (ctx.len(), len - start), &dev).unwrap();
-        let full = m.forward(&idx).unwrap().narrow(1, len - start - 1, 1).unwrap().squeeze(1).unwrap();
-        let diff = (full - dec.logits()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-4, "step {step} (context {len}): max |cached - recompute| = {diff}");
+        let full = m
+            .forward(&idx)
+            .unwrap()
+            .narrow(1, len - start - 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let diff = (full - dec.logits())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff < 1e-4,
+            "step {step} (context {len}): max |cached - recompute| = {diff}"
+        );
         if step == 10 {
             dec.retain(&[true, false, true]).unwrap();
         }
@@ -174,23 +267,40 @@ fn cached_decoding_equals_full_recompute() {
 fn generation_is_seeded_and_independent_of_batching() {
     let cfg = GptConfig::tiny(64);
     let m = Gpt::new(&cfg, 13, DType::F32, &Device::Cpu).unwrap();
-    let gc = GenerateConfig { max_new_tokens: 40, temperature: 1.0, top_k: None, top_p: None, stop_token: Some(0) };
+    let gc = GenerateConfig {
+        max_new_tokens: 40,
+        temperature: 1.0,
+        top_k: None,
+        top_p: None,
+        stop_token: Some(0),
+    };
     let all = generate(&m, &[0], 6, &gc, 99, 0).unwrap();
     assert_eq!(all, generate(&m, &[0], 6, &gc, 99, 0).unwrap());
     let tail = generate(&m, &[0], 3, &gc, 99, 3).unwrap();
     assert_eq!(&all[3..], tail.as_slice());
     assert_ne!(all, generate(&m, &[0], 6, &gc, 100, 0).unwrap());
     assert!(all.iter().all(|s| s.len() <= 40 && !s.contains(&0)));
-    assert!(all.iter().any(|s| s.len() > 20), "sequences should pass block_size 16: {all:?}");
+    assert!(
+        all.iter().any(|s| s.len() > 20),
+        "sequences should pass block_size 16: {all:?}"
+    );
 }
 
 #[test]
 fn sampler_respects_top_k_top_p_and_greedy() {
     let logits: Vec<f32> = (0..100).map(|i| i as f32 * 0.1).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let greedy = Sampler { temperature: 0.0, top_k: None, top_p: None };
+    let greedy = Sampler {
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+    };
     assert_eq!(greedy.sample(&mut logits.clone(), &mut rng), 99);
-    let top5 = Sampler { temperature: 1.0, top_k: Some(5), top_p: None };
+    let top5 = Sampler {
+        temperature: 1.0,
+        top_k: Some(5),
+        top_p: None,
+    };
     let mut seen = std::collections::HashSet::new();
     for _ in 0..500 {
         let t = top5.sample(&mut logits.clone(), &mut rng);
@@ -203,15 +313,32 @@ fn sampler_respects_top_k_top_p_and_greedy() {
     l[3] = 0.5f32.ln();
     l[7] = 0.3f32.ln();
     l[1] = 0.2f32.ln();
-    let nucleus = Sampler { temperature: 1.0, top_k: None, top_p: Some(0.7) };
+    let nucleus = Sampler {
+        temperature: 1.0,
+        top_k: None,
+        top_p: Some(0.7),
+    };
     let mut counts = [0; 10];
     for _ in 0..2000 {
         counts[nucleus.sample(&mut l.clone(), &mut rng) as usize] += 1;
     }
     assert_eq!(counts[1], 0);
-    assert!((counts[3] as f64 / 2000.0 - 0.625).abs() < 0.05, "{counts:?}");
-    assert!(GenerateConfig { top_p: Some(1.5), ..Default::default() }.validate().is_err());
-    assert!(GenerateConfig { temperature: -1.0, ..Default::default() }.validate().is_err());
+    assert!(
+        (counts[3] as f64 / 2000.0 - 0.625).abs() < 0.05,
+        "{counts:?}"
+    );
+    assert!(GenerateConfig {
+        top_p: Some(1.5),
+        ..Default::default()
+    }
+    .validate()
+    .is_err());
+    assert!(GenerateConfig {
+        temperature: -1.0,
+        ..Default::default()
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]
@@ -225,11 +352,17 @@ fn checkpoints_round_trip_and_corruption_is_an_error() {
     assert_eq!(back.config(), &cfg);
     for ((n1, a), (n2, b)) in m.params().iter().zip(back.params()) {
         assert_eq!(n1, n2);
-        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Gpt::load(&path, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    let err = Gpt::load(&path, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("truncated or corrupt"), "{err}");
     std::fs::write(&path, b"not a checkpoint at all").unwrap();
     assert!(Gpt::load(&path, DType::F32, &Device::Cpu).is_err());

@@ -17,12 +17,22 @@ pub struct Batcher<'a> {
 impl<'a> Batcher<'a> {
     pub fn new(tokens: &'a [u32], block_size: usize, batch_size: usize, seed: u64) -> Result<Self> {
         if tokens.len() < block_size + 1 {
-            return Err(Error::TooFewTokens { len: tokens.len(), need: block_size + 1 });
+            return Err(Error::TooFewTokens {
+                len: tokens.len(),
+                need: block_size + 1,
+            });
         }
         if batch_size == 0 || block_size == 0 {
-            return Err(Error::Config("batch_size and block_size must be positive".into()));
+            return Err(Error::Config(
+                "batch_size and block_size must be positive".into(),
+            ));
         }
-        Ok(Self { tokens, block_size, batch_size, seed })
+        Ok(Self {
+            tokens,
+            block_size,
+            batch_size,
+            seed,
+        })
     }
 
     /// Start offsets of the windows of step `step`.
@@ -30,7 +40,9 @@ impl<'a> Batcher<'a> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(step);
         let hi = self.tokens.len() - self.block_size;
-        (0..self.batch_size).map(|_| rng.random_range(0..hi)).collect()
+        (0..self.batch_size)
+            .map(|_| rng.random_range(0..hi))
+            .collect()
     }
 
     /// Inputs and targets `[batch, block_size]` of step `step`.
@@ -43,7 +55,10 @@ impl<'a> Batcher<'a> {
             y.extend_from_slice(&self.tokens[o + 1..o + t + 1]);
         }
         let shape = (self.batch_size, t);
-        Ok((Tensor::from_vec(x, shape, device)?, Tensor::from_vec(y, shape, device)?))
+        Ok((
+            Tensor::from_vec(x, shape, device)?,
+            Tensor::from_vec(y, shape, device)?,
+        ))
     }
 }
 
@@ -62,9 +77,15 @@ mod tests {
                 assert_eq!(yr[j], xr[j] + 1);
             }
         }
-        assert_eq!(b.offsets(3), Batcher::new(&toks, 8, 4, 1).unwrap().offsets(3));
+        assert_eq!(
+            b.offsets(3),
+            Batcher::new(&toks, 8, 4, 1).unwrap().offsets(3)
+        );
         assert_ne!(b.offsets(3), b.offsets(4));
         assert!(b.offsets(0).iter().all(|&o| o + 9 <= 100));
-        assert!(matches!(Batcher::new(&toks[..8], 8, 4, 1), Err(Error::TooFewTokens { .. })));
+        assert!(matches!(
+            Batcher::new(&toks[..8], 8, 4, 1),
+            Err(Error::TooFewTokens { .. })
+        ));
     }
 }

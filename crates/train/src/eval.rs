@@ -20,7 +20,10 @@ pub struct Evaluation {
 pub fn perplexity(model: &Gpt, tokens: &[u32], batch_size: usize) -> Result<Evaluation> {
     let t = model.config().block_size;
     if tokens.len() < 2 {
-        return Err(Error::TooFewTokens { len: tokens.len(), need: 2 });
+        return Err(Error::TooFewTokens {
+            len: tokens.len(),
+            need: 2,
+        });
     }
     let predicted = tokens.len() - 1;
     let full = predicted / t;
@@ -30,9 +33,16 @@ pub fn perplexity(model: &Gpt, tokens: &[u32], batch_size: usize) -> Result<Eval
     let mut w = 0;
     while w < full {
         let b = batch_size.min(full - w);
-        let x: Vec<u32> = (w..w + b).flat_map(|i| tokens[i * t..i * t + t].iter().copied()).collect();
-        let y: Vec<u32> = (w..w + b).flat_map(|i| tokens[i * t + 1..i * t + t + 1].iter().copied()).collect();
-        nll_sum += model.nll_sum(&Tensor::from_vec(x, (b, t), dev)?, &Tensor::from_vec(y, (b, t), dev)?)?;
+        let x: Vec<u32> = (w..w + b)
+            .flat_map(|i| tokens[i * t..i * t + t].iter().copied())
+            .collect();
+        let y: Vec<u32> = (w..w + b)
+            .flat_map(|i| tokens[i * t + 1..i * t + t + 1].iter().copied())
+            .collect();
+        nll_sum += model.nll_sum(
+            &Tensor::from_vec(x, (b, t), dev)?,
+            &Tensor::from_vec(y, (b, t), dev)?,
+        )?;
         w += b;
     }
     let rest = predicted - full * t;
@@ -43,5 +53,10 @@ pub fn perplexity(model: &Gpt, tokens: &[u32], batch_size: usize) -> Result<Eval
         nll_sum += model.nll_sum(&x, &y)?;
     }
     let mean_nll = nll_sum / predicted as f64;
-    Ok(Evaluation { nll_sum, tokens: predicted, mean_nll, perplexity: mean_nll.exp() })
+    Ok(Evaluation {
+        nll_sum,
+        tokens: predicted,
+        mean_nll,
+        perplexity: mean_nll.exp(),
+    })
 }

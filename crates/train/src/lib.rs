@@ -7,11 +7,13 @@
 mod batch;
 mod eval;
 mod optim;
+mod stats;
 mod trainer;
 
 pub use batch::Batcher;
 pub use eval::{perplexity, Evaluation};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
+pub use stats::TextStats;
 pub use trainer::{TrainConfig, Trainer};
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -39,7 +44,9 @@ impl AdamWConfig {
         if ok {
             Ok(())
         } else {
-            Err(Error::Config(format!("AdamW needs betas in [0, 1), eps > 0, weight_decay >= 0: {self:?}")))
+            Err(Error::Config(format!(
+                "AdamW needs betas in [0, 1), eps > 0, weight_decay >= 0: {self:?}"
+            )))
         }
     }
 }
@@ -48,22 +55,35 @@ impl AdamWConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum LrSchedule {
-    Constant { lr: f64 },
-    Cosine { lr: f64, warmup_steps: u64, decay_steps: u64, min_lr: f64 },
+    Constant {
+        lr: f64,
+    },
+    Cosine {
+        lr: f64,
+        warmup_steps: u64,
+        decay_steps: u64,
+        min_lr: f64,
+    },
 }
 
 impl LrSchedule {
     pub fn at(&self, step: u64) -> f64 {
         match *self {
             LrSchedule::Constant { lr } => lr,
-            LrSchedule::Cosine { lr, warmup_steps, decay_steps, min_lr } => {
+            LrSchedule::Cosine {
+                lr,
+                warmup_steps,
+                decay_steps,
+                min_lr,
+            } => {
                 if step < warmup_steps {
                     return lr * (step + 1) as f64 / (warmup_steps + 1) as f64;
                 }
                 if step > decay_steps {
                     return min_lr;
                 }
-                let ratio = (step - warmup_steps) as f64 / (decay_steps - warmup_steps).max(1) as f64;
+                let ratio =
+                    (step - warmup_steps) as f64 / (decay_steps - warmup_steps).max(1) as f64;
                 min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)
             }
         }
@@ -72,14 +92,19 @@ impl LrSchedule {
     pub fn validate(&self) -> Result<()> {
         let ok = match *self {
             LrSchedule::Constant { lr } => lr > 0.0,
-            LrSchedule::Cosine { lr, warmup_steps, decay_steps, min_lr } => {
-                lr > 0.0 && (0.0..=lr).contains(&min_lr) && decay_steps >= warmup_steps
-            }
+            LrSchedule::Cosine {
+                lr,
+                warmup_steps,
+                decay_steps,
+                min_lr,
+            } => lr > 0.0 && (0.0..=lr).contains(&min_lr) && decay_steps >= warmup_steps,
         };
         if ok {
             Ok(())
         } else {
-            Err(Error::Config(format!("invalid learning-rate schedule {self:?}")))
+            Err(Error::Config(format!(
+                "invalid learning-rate schedule {self:?}"
+            )))
         }
     }
 }
@@ -104,7 +129,9 @@ pub struct AdamW {
 }
 
 fn host_f32(params: &[(String, Var)]) -> bool {
-    params.iter().all(|(_, v)| v.device().is_cpu() && v.dtype() == DType::F32)
+    params
+        .iter()
+        .all(|(_, v)| v.device().is_cpu() && v.dtype() == DType::F32)
 }
 
 impl AdamW {
@@ -115,14 +142,28 @@ impl AdamW {
             .iter()
             .map(|(name, v)| {
                 let moments = if host {
-                    Moments::Host { m: vec![0.0; v.elem_count()], v: vec![0.0; v.elem_count()] }
+                    Moments::Host {
+                        m: vec![0.0; v.elem_count()],
+                        v: vec![0.0; v.elem_count()],
+                    }
                 } else {
-                    Moments::Device { m: v.zeros_like()?, v: v.zeros_like()? }
+                    Moments::Device {
+                        m: v.zeros_like()?,
+                        v: v.zeros_like()?,
+                    }
                 };
-                Ok(ParamState { name: name.clone(), decay: v.rank() >= 2, moments })
+                Ok(ParamState {
+                    name: name.clone(),
+                    decay: v.rank() >= 2,
+                    moments,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { cfg, step: 0, states })
+        Ok(Self {
+            cfg,
+            step: 0,
+            states,
+        })
     }
 
     /// Number of updates applied so far.
@@ -133,13 +174,28 @@ impl AdamW {
     /// Clips the gradients to global norm `max_norm` (if any) and applies one AdamW update at `lr`. Returns
     /// the global gradient norm before clipping, as a scalar tensor on the parameters' device (reading it is
     /// the only host synchronisation, left to the caller).
-    pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64, max_norm: Option<f64>) -> Result<Tensor> {
+    pub fn step(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &GradStore,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> Result<Tensor> {
         if params.len() != self.states.len() {
-            return Err(Error::Config(format!("optimizer has {} states for {} parameters", self.states.len(), params.len())));
+            return Err(Error::Config(format!(
+                "optimizer has {} states for {} parameters",
+                self.states.len(),
+                params.len()
+            )));
         }
         let grads: Vec<Tensor> = params
             .iter()
-            .map(|(n, v)| grads.get(v).cloned().ok_or_else(|| Error::Config(format!("no gradient for {n}"))))
+            .map(|(n, v)| {
+                grads
+                    .get(v)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("no gradient for {n}")))
+            })
             .collect::<Result<_>>()?;
         self.step += 1;
         let t = self.step as i32;
@@ -151,12 +207,18 @@ impl AdamW {
             let norm = sumsq.sqrt();
             let clip = max_norm.map_or(1.0, |mx| (mx / (norm + 1e-6)).min(1.0));
             for (((_, p), g), st) in params.iter().zip(&grads).zip(&mut self.states) {
-                let Moments::Host { m, v } = &mut st.moments else { unreachable!("all states are host") };
+                let Moments::Host { m, v } = &mut st.moments else {
+                    unreachable!("all states are host")
+                };
                 let op = HostAdamStep {
                     m: Mutex::new(m),
                     v: Mutex::new(v),
                     lr: lr as f32,
-                    decay: if st.decay { (lr * self.cfg.weight_decay) as f32 } else { 0.0 },
+                    decay: if st.decay {
+                        (lr * self.cfg.weight_decay) as f32
+                    } else {
+                        0.0
+                    },
                     b1: self.cfg.beta1 as f32,
                     b2: self.cfg.beta2 as f32,
                     eps: self.cfg.eps as f32,
@@ -179,11 +241,17 @@ impl AdamW {
         };
         let (b1, b2, eps) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps);
         for (((_, p), g), st) in params.iter().zip(&grads).zip(&mut self.states) {
-            let Moments::Device { m, v } = &mut st.moments else { unreachable!("all states are device") };
+            let Moments::Device { m, v } = &mut st.moments else {
+                unreachable!("all states are device")
+            };
             let g = g.broadcast_mul(&clip.to_dtype(g.dtype())?)?;
             *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
             *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let decayed = if st.decay { (p.as_tensor() * (1.0 - lr * self.cfg.weight_decay))? } else { p.as_tensor().clone() };
+            let decayed = if st.decay {
+                (p.as_tensor() * (1.0 - lr * self.cfg.weight_decay))?
+            } else {
+                p.as_tensor().clone()
+            };
             let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
             let update = ((&*m / denom)? * (lr / bc1))?;
             p.set(&(decayed - update)?)?;
@@ -196,9 +264,10 @@ impl AdamW {
         let mut tensors = Vec::new();
         for st in &self.states {
             let (m, v) = match &st.moments {
-                Moments::Host { m, v } => {
-                    (Tensor::new(m.as_slice(), &Device::Cpu)?, Tensor::new(v.as_slice(), &Device::Cpu)?)
-                }
+                Moments::Host { m, v } => (
+                    Tensor::new(m.as_slice(), &Device::Cpu)?,
+                    Tensor::new(v.as_slice(), &Device::Cpu)?,
+                ),
                 Moments::Device { m, v } => (m.flatten_all()?, v.flatten_all()?),
             };
             tensors.push((format!("{}.exp_avg", st.name), m));
@@ -207,16 +276,28 @@ impl AdamW {
         let mut meta = HashMap::new();
         meta.insert("format".into(), "collapse-lab-adamw".into());
         meta.insert("step".into(), self.step.to_string());
-        meta.insert("config".into(), serde_json::to_string(&self.cfg).expect("serialises"));
+        meta.insert(
+            "config".into(),
+            serde_json::to_string(&self.cfg).expect("serialises"),
+        );
         Ok(gpt::save_safetensors(path, &tensors, meta)?)
     }
 
     /// Restores state saved by [`AdamW::save`] for the same parameters.
     pub fn load(path: &Path, params: &[(String, Var)]) -> Result<Self> {
-        let err = |msg: String| Error::State { path: path.display().to_string(), msg };
-        let device = params.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+        let err = |msg: String| Error::State {
+            path: path.display().to_string(),
+            msg,
+        };
+        let device = params
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
         let (mut tensors, meta) = gpt::load_safetensors(path, &device)?;
-        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| err("no step count".into()))?;
+        let step: u64 = meta
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| err("no step count".into()))?;
         let cfg: AdamWConfig = meta
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
@@ -226,9 +307,15 @@ impl AdamW {
         for ((name, var), st) in params.iter().zip(&mut opt.states) {
             let mut take = |suffix: &str| -> Result<Tensor> {
                 let key = format!("{name}.{suffix}");
-                let t = tensors.remove(&key).ok_or_else(|| err(format!("missing {key}")))?;
+                let t = tensors
+                    .remove(&key)
+                    .ok_or_else(|| err(format!("missing {key}")))?;
                 if t.elem_count() != var.elem_count() {
-                    return Err(err(format!("{key} has {} values, the parameter {}", t.elem_count(), var.elem_count())));
+                    return Err(err(format!(
+                        "{key} has {} values, the parameter {}",
+                        t.elem_count(),
+                        var.elem_count()
+                    )));
                 }
                 Ok(t)
             };
@@ -245,7 +332,9 @@ impl AdamW {
             };
         }
         if let Some(extra) = tensors.keys().next() {
-            return Err(err(format!("unexpected tensor {extra}: state of another model")));
+            return Err(err(format!(
+                "unexpected tensor {extra}: state of another model"
+            )));
         }
         Ok(opt)
     }
@@ -260,9 +349,13 @@ fn cpu_f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [
 
 fn host_sumsq(g: &Tensor) -> Result<f64> {
     let (s, l) = g.storage_and_layout();
-    let Storage::Cpu(s) = &*s else { return Err(Error::Config("gradient is not on the CPU".into())) };
+    let Storage::Cpu(s) = &*s else {
+        return Err(Error::Config("gradient is not on the CPU".into()));
+    };
     let g = cpu_f32_slice(s, l)?;
-    Ok(g.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum())
+    Ok(g.par_chunks(1 << 14)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .sum())
 }
 
 /// One AdamW update of a parameter in place, its moments alongside, in a single parallel pass.
@@ -284,7 +377,13 @@ impl InplaceOp2 for HostAdamStep<'_> {
         "adamw-step"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
         let g = cpu_f32_slice(s2, l2)?;
         let (CpuStorage::F32(p), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
             candle_core::bail!("adamw-step: parameter must be contiguous f32");
@@ -317,12 +416,24 @@ mod tests {
 
     #[test]
     fn cosine_schedule_matches_nanogpt() {
-        let s = LrSchedule::Cosine { lr: 1e-3, warmup_steps: 10, decay_steps: 110, min_lr: 1e-4 };
+        let s = LrSchedule::Cosine {
+            lr: 1e-3,
+            warmup_steps: 10,
+            decay_steps: 110,
+            min_lr: 1e-4,
+        };
         assert!((s.at(0) - 1e-3 / 11.0).abs() < 1e-12);
         assert!((s.at(10) - 1e-3).abs() < 1e-12);
         assert!((s.at(60) - 5.5e-4).abs() < 1e-12);
         assert_eq!(s.at(111), 1e-4);
-        assert!(LrSchedule::Cosine { lr: 1e-3, warmup_steps: 10, decay_steps: 5, min_lr: 0.0 }.validate().is_err());
+        assert!(LrSchedule::Cosine {
+            lr: 1e-3,
+            warmup_steps: 10,
+            decay_steps: 5,
+            min_lr: 0.0
+        }
+        .validate()
+        .is_err());
         assert!(LrSchedule::Constant { lr: 0.0 }.validate().is_err());
     }
 
@@ -338,8 +449,11 @@ mod tests {
         let norm = (gw.iter().chain(&gb).map(|g| (g * g) as f64).sum::<f64>()).sqrt();
         let clip = (1.0 / (norm + 1e-6)).min(1.0);
         let reference = |p: &[f32], g: &[f32], decay: bool| -> Vec<f64> {
-            let (mut p, mut m, mut v): (Vec<f64>, Vec<f64>, Vec<f64>) =
-                (p.iter().map(|&x| x as f64).collect(), vec![0.0; p.len()], vec![0.0; p.len()]);
+            let (mut p, mut m, mut v): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+                p.iter().map(|&x| x as f64).collect(),
+                vec![0.0; p.len()],
+                vec![0.0; p.len()],
+            );
             for t in 1..=2 {
                 for i in 0..p.len() {
                     let g = g[i] as f64 * clip;
@@ -355,22 +469,59 @@ mod tests {
             p
         };
         for dtype in [DType::F32, DType::F64] {
-            let w = Var::from_tensor(&Tensor::new(&w0, &Device::Cpu).unwrap().reshape((2, 2)).unwrap().to_dtype(dtype).unwrap()).unwrap();
-            let b = Var::from_tensor(&Tensor::new(&b0, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let w = Var::from_tensor(
+                &Tensor::new(&w0, &Device::Cpu)
+                    .unwrap()
+                    .reshape((2, 2))
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let b = Var::from_tensor(
+                &Tensor::new(&b0, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
             let params = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
             let mut opt = AdamW::new(&params, cfg.clone()).unwrap();
             for _ in 0..2 {
                 // A loss whose gradient is exactly gw and gb.
-                let gwt = Tensor::new(&gw, &Device::Cpu).unwrap().reshape((2, 2)).unwrap().to_dtype(dtype).unwrap();
-                let gbt = Tensor::new(&gb, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-                let loss = ((w.as_tensor() * gwt).unwrap().sum_all().unwrap() + (b.as_tensor() * gbt).unwrap().sum_all().unwrap()).unwrap();
+                let gwt = Tensor::new(&gw, &Device::Cpu)
+                    .unwrap()
+                    .reshape((2, 2))
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let gbt = Tensor::new(&gb, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let loss = ((w.as_tensor() * gwt).unwrap().sum_all().unwrap()
+                    + (b.as_tensor() * gbt).unwrap().sum_all().unwrap())
+                .unwrap();
                 let grads = loss.backward().unwrap();
                 let n = opt.step(&params, &grads, 1e-2, Some(1.0)).unwrap();
-                assert!((n.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap() - norm).abs() < 1e-5);
+                assert!(
+                    (n.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap() - norm).abs()
+                        < 1e-5
+                );
             }
-            let got_w = w.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let got_w = w
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let got_b = b.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-            for (a, e) in got_w.iter().zip(reference(&w0, &gw, true)).chain(got_b.iter().zip(reference(&b0, &gb, false))) {
+            for (a, e) in got_w
+                .iter()
+                .zip(reference(&w0, &gw, true))
+                .chain(got_b.iter().zip(reference(&b0, &gb, false)))
+            {
                 assert!((a - e).abs() < 1e-6, "{dtype:?}: {a} vs {e}");
             }
             let dir = tempfile::tempdir().unwrap();

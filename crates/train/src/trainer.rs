@@ -33,7 +33,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.batch_size == 0 {
-            return Err(crate::Error::Config("steps and batch_size must be positive".into()));
+            return Err(crate::Error::Config(
+                "steps and batch_size must be positive".into(),
+            ));
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0) {
             return Err(crate::Error::Config("grad_clip must be positive".into()));
@@ -57,13 +59,23 @@ impl Trainer {
     pub fn new(model: Gpt, cfg: TrainConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
         let opt = AdamW::new(model.params(), cfg.adamw.clone())?;
-        Ok(Self { model, opt, cfg, seed })
+        Ok(Self {
+            model,
+            opt,
+            cfg,
+            seed,
+        })
     }
 
     /// Continues from a model and optimizer state saved after `opt.steps_taken()` steps.
     pub fn resume(model: Gpt, opt: AdamW, cfg: TrainConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { model, opt, cfg, seed })
+        Ok(Self {
+            model,
+            opt,
+            cfg,
+            seed,
+        })
     }
 
     /// Steps completed.
@@ -81,7 +93,8 @@ impl Trainer {
         let loss = self.model.loss(&x, &y, Some(&mut dropout_rng))?;
         let grads = loss.backward()?;
         let lr = self.cfg.lr.at(step);
-        self.opt.step(self.model.params(), &grads, lr, self.cfg.grad_clip)?;
+        self.opt
+            .step(self.model.params(), &grads, lr, self.cfg.grad_clip)?;
         Ok(loss)
     }
 
@@ -93,7 +106,12 @@ impl Trainer {
         until: u64,
         mut on_step: impl FnMut(&Self, u64, &Tensor) -> Result<bool>,
     ) -> Result<()> {
-        let batcher = Batcher::new(tokens, self.model.config().block_size, self.cfg.batch_size, self.seed)?;
+        let batcher = Batcher::new(
+            tokens,
+            self.model.config().block_size,
+            self.cfg.batch_size,
+            self.seed,
+        )?;
         let until = until.min(self.cfg.steps);
         while self.step() < until {
             let loss = self.train_step(&batcher)?;

@@ -12,7 +12,12 @@ fn repeated_text(len: usize) -> Vec<u32> {
 fn tiny_trainer(seed: u64, steps: u64) -> Trainer {
     let cfg = GptConfig::tiny(64);
     let model = Gpt::new(&cfg, seed, DType::F32, &Device::Cpu).unwrap();
-    let tc = TrainConfig { steps, batch_size: 8, lr: LrSchedule::Constant { lr: 1e-2 }, ..TrainConfig::default() };
+    let tc = TrainConfig {
+        steps,
+        batch_size: 8,
+        lr: LrSchedule::Constant { lr: 1e-2 },
+        ..TrainConfig::default()
+    };
     Trainer::new(model, tc, seed).unwrap()
 }
 
@@ -75,16 +80,31 @@ fn perplexity_is_exact_and_covers_every_token() {
     let tokens: Vec<u32> = (0..50u32).map(|i| (i * 13) % 64).collect();
     let e = perplexity(&m, &tokens, 2).unwrap();
     assert_eq!(e.tokens, 49);
-    assert_eq!(e, perplexity(&m, &tokens, 2).unwrap(), "same model, data and batch: same number");
+    assert_eq!(
+        e,
+        perplexity(&m, &tokens, 2).unwrap(),
+        "same model, data and batch: same number"
+    );
     assert!((e.nll_sum - perplexity(&m, &tokens, 3).unwrap().nll_sum).abs() < 1e-6);
     let mut want = 0.0;
     for s in (0..49).step_by(16) {
         let w = 16.min(49 - s);
         let x = Tensor::from_vec(tokens[s..s + w].to_vec(), (1, w), &Device::Cpu).unwrap();
-        let logits = m.forward(&x).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let logits = m
+            .forward(&x)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         for (j, row) in logits.iter().enumerate() {
             let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-            let lse = row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+            let lse = row
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
             want += lse - row[tokens[s + j + 1] as usize] as f64;
         }
     }

@@ -1,0 +1,411 @@
+//! The experiment's TOML configuration. Defaults are the paper's; unknown keys are errors that name the key
+//! and its line.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use corpus::{CleanConfig, Setting};
+use gpt::{GenerateConfig, GptConfig};
+use serde::{Deserialize, Serialize};
+use train::{AdamWConfig, LrSchedule, TrainConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelSection,
+    pub training: TrainingSection,
+    pub data: DataSection,
+    pub generation: GenerationSection,
+    pub schedule: ScheduleSection,
+    pub experiment: ExperimentSection,
+}
+
+/// The model; its vocabulary size comes from the tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub block_size: usize,
+    pub dropout: f64,
+    pub bias: bool,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        let p = GptConfig::paper();
+        Self {
+            n_layer: p.n_layer,
+            n_head: p.n_head,
+            n_embd: p.n_embd,
+            block_size: p.block_size,
+            dropout: p.dropout,
+            bias: p.bias,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: LrSchedule,
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    pub grad_clip: f64,
+    /// Save model and optimizer every this many steps, so an interrupted round loses at most this many.
+    pub checkpoint_every: u64,
+    /// Record the training loss every this many steps.
+    pub log_every: u64,
+    /// Windows per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Keep each round's final optimizer state beside its model (128 MB a round at the paper's size).
+    pub keep_optimizer_state: bool,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        let t = TrainConfig::default();
+        Self {
+            steps: t.steps,
+            batch_size: t.batch_size,
+            lr: t.lr,
+            adamw: t.adamw,
+            grad_clip: 1.0,
+            checkpoint_every: 500,
+            log_every: 50,
+            eval_batch_size: 32,
+            keep_optimizer_state: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// A CSV / CSV.zst / JSONL file, a folder of .txt files, or hf://datasets/OWNER/NAME/FILE.
+    pub source: String,
+    /// The CSV column holding the text.
+    pub column: String,
+    pub clean: CleanConfig,
+    /// `hf:OWNER/NAME`, a tokenizer.json, a folder with vocab.json + merges.txt, or `train:N`.
+    pub tokenizer: String,
+    /// With `train:N`, train on at most this many documents (0: every document no repetition holds out).
+    pub tokenizer_training_docs: usize,
+    pub heldout_docs: usize,
+    /// A second evaluation set from another source (e.g. the 2020s plots), evaluated every round.
+    pub second_eval: Option<String>,
+    pub second_eval_column: String,
+    /// Use at most this many documents of the second set.
+    pub second_eval_docs: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            source: corpus::DEFAULT_SOURCE.to_string(),
+            column: "Plot".into(),
+            clean: CleanConfig::default(),
+            tokenizer: "hf:openai-community/gpt2".into(),
+            tokenizer_training_docs: 0,
+            heldout_docs: 500,
+            second_eval: None,
+            second_eval_column: "plot".into(),
+            second_eval_docs: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationSection {
+    /// 200 GPT-2 tokens are about 150 words of movie plot (1.3 tokens per word in this corpus).
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    /// Sequences generated at once.
+    pub batch_size: usize,
+    /// Every round writes at least this many documents, so the last round has text statistics too.
+    pub min_docs: usize,
+}
+
+impl Default for GenerationSection {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 200,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            batch_size: 256,
+            min_docs: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// Documents per round.
+    pub n: usize,
+    pub rounds: usize,
+    /// Names (or numbers 0-3) of the settings to run.
+    pub settings: Vec<String>,
+    /// Fresh fraction of the fixed-alpha setting.
+    pub alpha: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            n: 1000,
+            rounds: 10,
+            settings: Setting::ALL.iter().map(|s| s.name().to_string()).collect(),
+            alpha: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentSection {
+    pub repetitions: usize,
+    pub seed: u64,
+    /// cpu, cuda or cuda:N. Not part of a run's identity: a run may resume on another device.
+    pub device: String,
+}
+
+impl Default for ExperimentSection {
+    fn default() -> Self {
+        Self {
+            repetitions: 10,
+            seed: 0,
+            device: "cpu".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}: check the path", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML; errors name the file, the line and the key.
+    pub fn parse(text: &str, name: &str) -> Result<Self> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => anyhow::anyhow!("{name} line {l}: {msg}"),
+                None => anyhow::anyhow!("{name}: {msg}"),
+            }
+        })?;
+        cfg.validate()
+            .with_context(|| format!("invalid config {name}"))?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn settings(&self) -> Result<Vec<Setting>> {
+        let mut out = Vec::new();
+        for s in &self.schedule.settings {
+            let s = Setting::parse(s)?;
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if out.is_empty() {
+            bail!(
+                "schedule.settings is empty: name at least one of {}",
+                Setting::ALL.map(|s| s.name()).join(", ")
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn gpt(&self, vocab_size: usize) -> GptConfig {
+        let m = &self.model;
+        GptConfig {
+            vocab_size,
+            block_size: m.block_size,
+            n_layer: m.n_layer,
+            n_head: m.n_head,
+            n_embd: m.n_embd,
+            dropout: m.dropout,
+            bias: m.bias,
+        }
+    }
+
+    pub fn train(&self) -> TrainConfig {
+        let t = &self.training;
+        TrainConfig {
+            steps: t.steps,
+            batch_size: t.batch_size,
+            lr: t.lr.clone(),
+            adamw: t.adamw.clone(),
+            grad_clip: (t.grad_clip > 0.0).then_some(t.grad_clip),
+        }
+    }
+
+    pub fn generate(&self, stop_token: u32) -> GenerateConfig {
+        let g = &self.generation;
+        GenerateConfig {
+            max_new_tokens: g.max_new_tokens,
+            temperature: g.temperature,
+            top_k: g.top_k,
+            top_p: g.top_p,
+            stop_token: Some(stop_token),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.gpt(1).validate()?;
+        self.train().validate()?;
+        self.generate(0).validate()?;
+        self.settings()?;
+        let checks = [
+            (
+                self.experiment.repetitions == 0,
+                "experiment.repetitions must be at least 1",
+            ),
+            (
+                self.schedule.rounds == 0,
+                "schedule.rounds must be at least 1",
+            ),
+            (self.schedule.n == 0, "schedule.n must be at least 1"),
+            (
+                !(0.0..=1.0).contains(&self.schedule.alpha),
+                "schedule.alpha must be in [0, 1]",
+            ),
+            (
+                self.data.heldout_docs == 0,
+                "data.heldout_docs must be at least 1",
+            ),
+            (
+                self.training.checkpoint_every == 0,
+                "training.checkpoint_every must be at least 1",
+            ),
+            (
+                self.training.log_every == 0,
+                "training.log_every must be at least 1",
+            ),
+            (
+                self.training.eval_batch_size == 0,
+                "training.eval_batch_size must be at least 1",
+            ),
+            (
+                self.generation.batch_size == 0,
+                "generation.batch_size must be at least 1",
+            ),
+            (
+                self.generation.max_new_tokens == 0,
+                "generation.max_new_tokens must be at least 1",
+            ),
+        ];
+        if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {
+            bail!("{msg}");
+        }
+        Ok(())
+    }
+
+    /// The keys whose values differ between two configs, as `key: a -> b` lines (the device excluded).
+    pub fn diff(&self, other: &Config) -> Vec<String> {
+        let mut a = toml::Value::try_from(self).expect("serialises");
+        let mut b = toml::Value::try_from(other).expect("serialises");
+        for v in [&mut a, &mut b] {
+            if let Some(e) = v.get_mut("experiment").and_then(|e| e.as_table_mut()) {
+                e.remove("device");
+            }
+        }
+        let mut out = Vec::new();
+        diff_values("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff_values(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (toml::Value::Table(ta), toml::Value::Table(tb)) => {
+            let mut keys: Vec<&String> = ta.keys().chain(tb.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (ta.get(k), tb.get(k)) {
+                    (Some(x), Some(y)) => diff_values(&key, x, y, out),
+                    (x, y) => out.push(format!("{key}: {} -> {}", show(x), show(y))),
+                }
+            }
+        }
+        _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
+        _ => {}
+    }
+}
+
+fn show(v: Option<&toml::Value>) -> String {
+    v.map_or("(unset)".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = Config::parse("", "empty.toml").unwrap();
+        assert_eq!(c.gpt(50257), GptConfig::paper());
+        assert_eq!(c.training.steps, 3000);
+        assert_eq!(c.training.batch_size, 32);
+        assert_eq!(c.training.lr, LrSchedule::Constant { lr: 1e-3 });
+        assert_eq!(c.schedule.n, 1000);
+        assert_eq!(c.schedule.rounds, 10);
+        assert_eq!(c.experiment.repetitions, 10);
+        assert_eq!(c.settings().unwrap(), Setting::ALL);
+        assert_eq!(c.data.heldout_docs, 500);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_line() {
+        let e = Config::parse("[training]\nsteps = 10\nstepz = 3\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml line 3") && e.contains("stepz"), "{e}");
+        let e = Config::parse("[trainin]\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("trainin"), "{e}");
+        let e = Config::parse("[schedule]\nsettings = [\"bogus\"]\n", "x.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown setting \"bogus\""),
+            "{e:#}"
+        );
+        let e = Config::parse("[training\nsteps = 1", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml line 1"), "{e}");
+    }
+
+    #[test]
+    fn diff_lists_changed_keys_but_not_the_device() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.training.steps = 7;
+        b.experiment.device = "cuda".into();
+        assert_eq!(a.diff(&b), ["training.steps: 3000 -> 7"]);
+        let c = Config::parse(&a.to_toml(), "round-trip").unwrap();
+        assert_eq!(c, a);
+    }
+}

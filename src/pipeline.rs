@@ -1,0 +1,822 @@
+//! The experiment runner: for each repetition, setting and round, compose D_t, train model_t from scratch,
+//! evaluate it, generate the next round's synthetic documents, and record metrics. Every phase ends with an
+//! atomic write, so `run` on an existing directory continues from the last completed phase, and every random
+//! draw is keyed by (seed, repetition, round), so the result does not depend on where a run was interrupted.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use corpus::{
+    bpe_training_docs, compose, token_stream, Document, Manifest, Origin, Plan, RealCorpus,
+    Setting, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
+};
+use gpt::Gpt;
+use serde::{Deserialize, Serialize};
+use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, Trainer};
+
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::rundir::{read_json, round_dir, write_atomic, write_json, RunDir};
+
+/// One row of `metrics.jsonl`: a (setting, repetition, round).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub setting: String,
+    pub setting_number: usize,
+    pub repetition: usize,
+    pub round: usize,
+    pub new_docs: usize,
+    pub fresh_docs: usize,
+    pub synthetic_docs: usize,
+    pub total_docs: usize,
+    pub alpha: f64,
+    pub realized_alpha: f64,
+    pub real_fraction: f64,
+    pub train_tokens: usize,
+    pub train_steps: u64,
+    pub final_train_loss: f64,
+    pub heldout_perplexity: f64,
+    pub heldout_tokens: usize,
+    pub second_perplexity: Option<f64>,
+    pub generated_docs: usize,
+    pub gen_mean_words: f64,
+    pub gen_distinct_1: f64,
+    pub gen_distinct_2: f64,
+    pub gen_unigram_entropy: f64,
+    pub wall_compose_s: f64,
+    pub wall_train_s: f64,
+    pub wall_eval_s: f64,
+    pub wall_generate_s: f64,
+}
+
+/// Training in progress: the latest checkpoint directory and the loss log so far.
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainState {
+    checkpoint: String,
+    step: u64,
+    losses: Vec<(u64, f64)>,
+    wall_s: f64,
+}
+
+/// A finished training phase.
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainRecord {
+    steps: u64,
+    train_tokens: usize,
+    final_loss: f64,
+    losses: Vec<(u64, f64)>,
+    wall_s: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EvalRecord {
+    heldout: Evaluation,
+    second: Option<Evaluation>,
+    wall_s: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sample {
+    id: String,
+    origin: Origin,
+    text: String,
+    new_tokens: usize,
+}
+
+/// A seed for one purpose of one (repetition, round), independent of the settings around it.
+pub fn derive_seed(base: u64, parts: &[&dyn std::fmt::Display]) -> u64 {
+    let mut h = base ^ 0x9e37_79b9_7f4a_7c15;
+    for p in parts {
+        for b in p.to_string().bytes().chain([0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= h >> 31;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 29;
+    }
+    h
+}
+
+/// Everything a round needs that does not change between rounds.
+struct Ctx {
+    cfg: Config,
+    device: Device,
+    tok: Tokenizer,
+    docs: Vec<Document>,
+    doc_tokens: Vec<Vec<u32>>,
+    by_id: HashMap<String, usize>,
+    splits: Vec<Split>,
+    heldout: Vec<Vec<u32>>,
+    second: Option<Vec<u32>>,
+    plans: HashMap<Setting, Plan>,
+}
+
+pub struct Selection {
+    pub settings: Vec<Setting>,
+    pub reps: Vec<usize>,
+}
+
+/// `SETTING` or `SETTING/REP`.
+pub fn parse_only(only: Option<&str>, cfg: &Config) -> Result<Selection> {
+    let all_reps: Vec<usize> = (0..cfg.experiment.repetitions).collect();
+    let Some(only) = only else {
+        return Ok(Selection {
+            settings: cfg.settings()?,
+            reps: all_reps,
+        });
+    };
+    let (s, rep) = match only.split_once('/') {
+        Some((s, r)) => (
+            s,
+            Some(
+                r.parse::<usize>()
+                    .with_context(|| format!("--only {only}: bad repetition {r:?}"))?,
+            ),
+        ),
+        None => (only, None),
+    };
+    let setting = Setting::parse(s)?;
+    if !cfg.settings()?.contains(&setting) {
+        bail!("--only {only}: setting {setting} is not in the config's schedule.settings");
+    }
+    let reps = match rep {
+        Some(r) if r >= cfg.experiment.repetitions => bail!(
+            "--only {only}: the config has {} repetitions (0-{})",
+            cfg.experiment.repetitions,
+            cfg.experiment.repetitions - 1
+        ),
+        Some(r) => vec![r],
+        None => all_reps,
+    };
+    Ok(Selection {
+        settings: vec![setting],
+        reps,
+    })
+}
+
+pub fn run(cfg: Config, out: &Path, device: Device, sel: Selection) -> Result<()> {
+    let dir = RunDir::open(out, &cfg)?;
+    let ctx = prepare(cfg, &dir, device)?;
+    let total = (sel.settings.len() * sel.reps.len() * ctx.cfg.schedule.rounds) as u64;
+    let mut done = 0;
+    for &rep in &sel.reps {
+        for &s in &sel.settings {
+            for t in 0..ctx.cfg.schedule.rounds {
+                done += u64::from(dir.round_dir(s, rep, t).join("metrics.json").exists());
+            }
+        }
+    }
+    let mut progress = Progress::new(total, done);
+    for &rep in &sel.reps {
+        for &setting in &sel.settings {
+            let mut samples = SampleStore::default();
+            for t in 0..ctx.cfg.schedule.rounds {
+                let rd = dir.round_dir(setting, rep, t);
+                if rd.join("metrics.json").exists() {
+                    continue;
+                }
+                progress.start_round(format!("{setting} rep {rep} round {t}"));
+                run_round(&ctx, &dir, &progress, &mut samples, setting, rep, t)?;
+                rebuild_metrics(&dir.root)?;
+                progress.finish_round();
+            }
+        }
+    }
+    progress.finish();
+    rebuild_metrics(&dir.root)?;
+    eprintln!(
+        "[collapse-lab] run complete: {} (see `collapse-lab report {}`)",
+        dir.root.join("metrics.jsonl").display(),
+        dir.root.display()
+    );
+    Ok(())
+}
+
+fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
+    let source = Source::new(&cfg.data.source, Some(&cfg.data.column));
+    eprintln!("[collapse-lab] loading {}", cfg.data.source);
+    let real = RealCorpus::load(&source, &cfg.data.clean)?;
+    let n = real.docs.len();
+    let splits: Vec<Split> = (0..cfg.experiment.repetitions)
+        .map(|r| {
+            Split::new(
+                n,
+                cfg.data.heldout_docs,
+                derive_seed(cfg.experiment.seed, &[&"split", &r]),
+            )
+        })
+        .collect::<corpus::Result<_>>()?;
+    let tok_path = dir.root.join("tokenizer.json");
+    let tok = if tok_path.exists() {
+        Tokenizer::from_file(&tok_path)?
+    } else {
+        let tok = match TokenizerSpec::parse(&cfg.data.tokenizer)? {
+            TokenizerSpec::Train { vocab_size } => {
+                eprintln!("[collapse-lab] training a byte-level BPE of {vocab_size} tokens on documents held out by no repetition");
+                let mut idx = bpe_training_docs(n, &splits);
+                if cfg.data.tokenizer_training_docs > 0 {
+                    idx.truncate(cfg.data.tokenizer_training_docs);
+                }
+                Tokenizer::train_bpe(idx.iter().map(|&i| real.docs[i].text.as_str()), vocab_size)?
+            }
+            spec => Tokenizer::load(&spec)?,
+        };
+        tok.save(&tok_path)?;
+        tok
+    };
+    eprintln!(
+        "[collapse-lab] tokenising {n} documents ({} removed by cleaning)",
+        real.report.input - n
+    );
+    let cache = TokenCache::new(TokenCache::default_dir());
+    let (doc_tokens, _) = real.tokenize(&tok, Some(&cache))?;
+    let eot = tok.eot();
+    let heldout = splits
+        .iter()
+        .map(|s| token_stream(s.heldout.iter().map(|&i| doc_tokens[i].as_slice()), eot))
+        .collect();
+    let second = match &cfg.data.second_eval {
+        Some(spec) => {
+            let src = Source::new(spec, Some(&cfg.data.second_eval_column));
+            let c = RealCorpus::load(&src, &cfg.data.clean).context("the second evaluation set")?;
+            let (toks, _) = c.tokenize(&tok, Some(&cache))?;
+            Some(token_stream(
+                toks.iter()
+                    .take(cfg.data.second_eval_docs)
+                    .map(Vec::as_slice),
+                eot,
+            ))
+        }
+        None => None,
+    };
+    let pool_len = n - cfg.data.heldout_docs;
+    let mut plans = HashMap::new();
+    for s in cfg.settings()? {
+        let plan = s
+            .schedule(cfg.schedule.n, cfg.schedule.alpha)
+            .plan(cfg.schedule.rounds, pool_len)
+            .with_context(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
+        plans.insert(s, plan);
+    }
+    let by_id = real
+        .docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
+    Ok(Ctx {
+        cfg,
+        device,
+        tok,
+        docs: real.docs,
+        doc_tokens,
+        by_id,
+        splits,
+        heldout,
+        second,
+        plans,
+    })
+}
+
+/// A round's generated documents, in order, and their tokens by id.
+type RoundSamples = (Vec<Document>, HashMap<String, Vec<u32>>);
+
+/// Synthetic documents of earlier rounds of one (setting, repetition), read once and kept with their tokens.
+#[derive(Default)]
+struct SampleStore {
+    rounds: HashMap<usize, RoundSamples>,
+}
+
+impl SampleStore {
+    fn get(
+        &mut self,
+        ctx: &Ctx,
+        root: &Path,
+        setting: Setting,
+        rep: usize,
+        round: usize,
+    ) -> Result<&RoundSamples> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.rounds.entry(round) {
+            let docs =
+                read_samples(&round_dir(root, setting, rep, round).join("samples.jsonl.zst"))?;
+            let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+            let toks = ctx.tok.encode_all(&texts)?;
+            let map = docs.iter().map(|d| d.id.clone()).zip(toks).collect();
+            slot.insert((docs, map));
+        }
+        Ok(&self.rounds[&round])
+    }
+}
+
+fn run_round(
+    ctx: &Ctx,
+    dir: &RunDir,
+    progress: &Progress,
+    samples: &mut SampleStore,
+    setting: Setting,
+    rep: usize,
+    t: usize,
+) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let rd = dir.round_dir(setting, rep, t);
+    std::fs::create_dir_all(&rd).with_context(|| format!("cannot create {}", rd.display()))?;
+    let plan = &ctx.plans[&setting];
+    let schedule = setting.schedule(cfg.schedule.n, cfg.schedule.alpha);
+
+    // Phase 1: compose D_t.
+    let started = Instant::now();
+    let manifest_path = rd.join("manifest.json");
+    let manifest = if manifest_path.exists() {
+        Manifest::read(&manifest_path)?
+    } else {
+        progress.phase("compose", 1);
+        let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
+            let (docs, _) = samples.get(ctx, &dir.root, setting, rep, t - 1)?;
+            docs[..plan.rounds[t].synthetic].to_vec()
+        } else {
+            Vec::new()
+        };
+        let previous = if schedule.accumulate && t > 0 {
+            Some(Manifest::read(
+                &dir.round_dir(setting, rep, t - 1).join("manifest.json"),
+            )?)
+        } else {
+            None
+        };
+        let pool: Vec<&Document> = ctx.splits[rep].pool.iter().map(|&i| &ctx.docs[i]).collect();
+        let m = compose(
+            plan,
+            t,
+            rep,
+            schedule.accumulate,
+            &pool,
+            previous.as_ref(),
+            &synthetic,
+        )?;
+        m.write(&manifest_path)?;
+        m
+    };
+    let mut stream_docs: Vec<Vec<u32>> = Vec::with_capacity(manifest.documents.len());
+    for d in &manifest.documents {
+        match &d.origin {
+            Origin::Real { .. } => {
+                let i = ctx.by_id.get(&d.id).with_context(|| {
+                    format!(
+                        "{}: document {} is not in the corpus",
+                        manifest_path.display(),
+                        d.id
+                    )
+                })?;
+                stream_docs.push(ctx.doc_tokens[*i].clone());
+            }
+            Origin::Synthetic { round, .. } => {
+                let (_, map) = samples.get(ctx, &dir.root, setting, rep, *round)?;
+                stream_docs.push(
+                    map.get(&d.id)
+                        .with_context(|| {
+                            format!(
+                                "synthetic document {} is missing from round {round}'s samples",
+                                d.id
+                            )
+                        })?
+                        .clone(),
+                );
+            }
+        }
+    }
+    let stream = token_stream(stream_docs.iter().map(Vec::as_slice), ctx.tok.eot());
+    let wall_compose = started.elapsed().as_secs_f64();
+
+    // Phase 2: train model_t from scratch (or from its last checkpoint).
+    let model_path = rd.join("model.safetensors");
+    let (model, train_rec) = if model_path.exists() {
+        let model = Gpt::load(&model_path, DType::F32, &ctx.device).with_context(|| {
+            format!(
+                "{} is unreadable: delete it to retrain this round",
+                model_path.display()
+            )
+        })?;
+        if model.config() != &cfg.gpt(ctx.tok.vocab_size()) {
+            bail!(
+                "{} holds a model of another config: delete it to retrain this round",
+                model_path.display()
+            );
+        }
+        (model, read_json::<TrainRecord>(&rd.join("train.json"))?)
+    } else {
+        train_phase(ctx, &rd, progress, &stream, rep, t)?
+    };
+
+    // Phase 3: evaluate.
+    let eval_path = rd.join("eval.json");
+    let eval: EvalRecord = if eval_path.exists() {
+        read_json(&eval_path)?
+    } else {
+        progress.phase("eval", 1);
+        let started = Instant::now();
+        let bs = cfg.training.eval_batch_size;
+        let heldout = perplexity(&model, &ctx.heldout[rep], bs)?;
+        let second = ctx
+            .second
+            .as_ref()
+            .map(|s| perplexity(&model, s, bs))
+            .transpose()?;
+        let rec = EvalRecord {
+            heldout,
+            second,
+            wall_s: started.elapsed().as_secs_f64(),
+        };
+        write_json(&eval_path, &rec)?;
+        progress.note(&format!("held-out perplexity {:.3}", heldout.perplexity));
+        rec
+    };
+
+    // Phase 4: generate the next round's synthetic documents (and at least `min_docs` for statistics).
+    let samples_path = rd.join("samples.jsonl.zst");
+    let started = Instant::now();
+    if !samples_path.exists() {
+        let count = plan.to_generate_after(t).max(cfg.generation.min_docs);
+        generate_phase(
+            ctx,
+            progress,
+            &model,
+            &samples_path,
+            &dir.root,
+            &rd,
+            count,
+            rep,
+            t,
+        )?;
+    }
+    let wall_generate = read_samples_meta(&samples_path).unwrap_or(started.elapsed().as_secs_f64());
+    let generated = read_samples(&samples_path)?;
+    let stats = TextStats::of(generated.iter().map(|d| d.text.as_str()));
+
+    // Phase 5: the round's metrics.
+    let rp = &manifest.plan;
+    let row = MetricsRow {
+        setting: setting.name().to_string(),
+        setting_number: setting.number(),
+        repetition: rep,
+        round: t,
+        new_docs: rp.new_docs,
+        fresh_docs: manifest.fresh,
+        synthetic_docs: manifest.synthetic,
+        total_docs: manifest.documents.len(),
+        alpha: rp.alpha,
+        realized_alpha: rp.realized_alpha,
+        real_fraction: manifest.real_fraction(),
+        train_tokens: train_rec.train_tokens,
+        train_steps: train_rec.steps,
+        final_train_loss: train_rec.final_loss,
+        heldout_perplexity: eval.heldout.perplexity,
+        heldout_tokens: eval.heldout.tokens,
+        second_perplexity: eval.second.map(|e| e.perplexity),
+        generated_docs: stats.documents,
+        gen_mean_words: stats.mean_words,
+        gen_distinct_1: stats.distinct_1,
+        gen_distinct_2: stats.distinct_2,
+        gen_unigram_entropy: stats.unigram_entropy,
+        wall_compose_s: wall_compose,
+        wall_train_s: train_rec.wall_s,
+        wall_eval_s: eval.wall_s,
+        wall_generate_s: wall_generate,
+    };
+    write_json(&rd.join("metrics.json"), &row)
+}
+
+fn train_phase(
+    ctx: &Ctx,
+    rd: &Path,
+    progress: &Progress,
+    stream: &[u32],
+    rep: usize,
+    t: usize,
+) -> Result<(Gpt, TrainRecord)> {
+    let cfg = &ctx.cfg;
+    let tc = cfg.train();
+    let gcfg = cfg.gpt(ctx.tok.vocab_size());
+    let seed = cfg.experiment.seed;
+    let batch_seed = derive_seed(seed, &[&"batches", &rep, &t]);
+    let state_path = rd.join("train-state.json");
+    let (mut trainer, mut losses, wall_before) = if state_path.exists() {
+        let st: TrainState = read_json(&state_path)?;
+        let ck = rd.join(&st.checkpoint);
+        let bad = |what: &str| {
+            format!(
+                "{} is unreadable: delete {} and {} to redo this round's training",
+                ck.join(what).display(),
+                ck.display(),
+                state_path.display()
+            )
+        };
+        let model = Gpt::load(&ck.join("model.safetensors"), DType::F32, &ctx.device)
+            .with_context(|| bad("model.safetensors"))?;
+        if model.config() != &gcfg {
+            bail!(
+                "{} holds a model of another config: delete it and {}",
+                ck.display(),
+                state_path.display()
+            );
+        }
+        let opt = AdamW::load(&ck.join("optimizer.safetensors"), model.params())
+            .with_context(|| bad("optimizer.safetensors"))?;
+        if opt.steps_taken() != st.step {
+            bail!(
+                "{}: optimizer at step {}, state says {}: delete the checkpoint to redo training",
+                ck.display(),
+                opt.steps_taken(),
+                st.step
+            );
+        }
+        progress.note(&format!("resuming training at step {}", st.step));
+        (
+            Trainer::resume(model, opt, tc.clone(), batch_seed)?,
+            st.losses,
+            st.wall_s,
+        )
+    } else {
+        let model = Gpt::new(
+            &gcfg,
+            derive_seed(seed, &[&"init", &rep, &t]),
+            DType::F32,
+            &ctx.device,
+        )?;
+        (
+            Trainer::new(model, tc.clone(), batch_seed)?,
+            Vec::new(),
+            0.0,
+        )
+    };
+    let batcher = Batcher::new(stream, gcfg.block_size, tc.batch_size, batch_seed)
+        .with_context(|| format!("round {t}'s corpus is too small to train on"))?;
+    progress.phase("train", tc.steps);
+    let started = Instant::now();
+    let tokens_per_step = (tc.batch_size * gcfg.block_size) as f64;
+    let mut last_loss = losses.last().map_or(f64::NAN, |l| l.1);
+    while trainer.step() < tc.steps {
+        let loss = trainer.train_step(&batcher)?;
+        let step = trainer.step();
+        if step % cfg.training.log_every == 0 || step == tc.steps {
+            last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            losses.push((step, last_loss));
+            let tps = tokens_per_step * step as f64
+                / (started.elapsed().as_secs_f64() + wall_before).max(1e-9);
+            progress.update(
+                step,
+                tc.steps,
+                format!("loss {last_loss:.4}  {tps:.0} tok/s"),
+            );
+        }
+        if step % cfg.training.checkpoint_every == 0 && step < tc.steps {
+            save_checkpoint(
+                rd,
+                &trainer,
+                &losses,
+                wall_before + started.elapsed().as_secs_f64(),
+            )?;
+        }
+    }
+    let rec = TrainRecord {
+        steps: tc.steps,
+        train_tokens: stream.len(),
+        final_loss: last_loss,
+        losses,
+        wall_s: wall_before + started.elapsed().as_secs_f64(),
+    };
+    write_json(&rd.join("train.json"), &rec)?;
+    if cfg.training.keep_optimizer_state {
+        trainer.opt.save(&rd.join("optimizer.safetensors"))?;
+    }
+    trainer
+        .model
+        .save(&rd.join("model.safetensors"))
+        .context("cannot write the round's model (disk full?)")?;
+    remove_checkpoints(rd, None)?;
+    let _ = std::fs::remove_file(&state_path);
+    Ok((trainer.model, rec))
+}
+
+/// Writes model and optimizer into a new directory, then points `train-state.json` at it: a crash at any
+/// moment leaves the previous checkpoint valid.
+fn save_checkpoint(rd: &Path, trainer: &Trainer, losses: &[(u64, f64)], wall_s: f64) -> Result<()> {
+    let name = format!("ckpt-{}", trainer.step());
+    let partial = rd.join(format!("{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    trainer
+        .model
+        .save(&partial.join("model.safetensors"))
+        .context("cannot write a training checkpoint (disk full?)")?;
+    trainer
+        .opt
+        .save(&partial.join("optimizer.safetensors"))
+        .context("cannot write a training checkpoint (disk full?)")?;
+    let done = rd.join(&name);
+    let _ = std::fs::remove_dir_all(&done);
+    std::fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {}", partial.display()))?;
+    write_json(
+        &rd.join("train-state.json"),
+        &TrainState {
+            checkpoint: name.clone(),
+            step: trainer.step(),
+            losses: losses.to_vec(),
+            wall_s,
+        },
+    )?;
+    remove_checkpoints(rd, Some(&name))
+}
+
+fn remove_checkpoints(rd: &Path, keep: Option<&str>) -> Result<()> {
+    for e in std::fs::read_dir(rd)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ckpt-") && Some(name.as_str()) != keep {
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_phase(
+    ctx: &Ctx,
+    progress: &Progress,
+    model: &Gpt,
+    path: &Path,
+    root: &Path,
+    rd: &Path,
+    count: usize,
+    rep: usize,
+    t: usize,
+) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let gc = cfg.generate(ctx.tok.eot());
+    let seed = derive_seed(cfg.experiment.seed, &[&"generate", &rep, &t]);
+    let model_ref = rd
+        .join("model.safetensors")
+        .strip_prefix(root)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let model_ref = model_ref.to_string_lossy();
+    progress.phase("generate", count as u64);
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(count);
+    let mut new_tokens = 0usize;
+    for start in (0..count).step_by(cfg.generation.batch_size) {
+        let n = cfg.generation.batch_size.min(count - start);
+        let seqs = gpt::generate(model, &[ctx.tok.eot()], n, &gc, seed, start as u64)?;
+        for (i, s) in seqs.iter().enumerate() {
+            new_tokens += s.len();
+            let d = Document::synthetic(rep, t, start + i, &model_ref, ctx.tok.decode(s)?);
+            out.push(Sample {
+                id: d.id,
+                origin: d.origin,
+                text: d.text,
+                new_tokens: s.len(),
+            });
+        }
+        let tps = new_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        progress.update(
+            out.len() as u64,
+            count as u64,
+            format!("{tps:.0} new tokens/s"),
+        );
+    }
+    let mut body = Vec::new();
+    {
+        let mut enc = zstd::Encoder::new(&mut body, 3)?;
+        writeln!(
+            enc,
+            "{}",
+            serde_json::json!({ "meta": { "wall_s": started.elapsed().as_secs_f64(), "new_tokens": new_tokens } })
+        )?;
+        for s in &out {
+            writeln!(enc, "{}", serde_json::to_string(s)?)?;
+        }
+        enc.finish()?;
+    }
+    write_atomic(path, &body)
+}
+
+fn read_samples_lines(path: &Path) -> Result<Vec<String>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let dec = zstd::Decoder::new(f)
+        .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))?;
+    BufReader::new(dec)
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))
+}
+
+fn read_samples_meta(path: &Path) -> Option<f64> {
+    let first = read_samples_lines(path).ok()?.into_iter().next()?;
+    serde_json::from_str::<serde_json::Value>(&first).ok()?["meta"]["wall_s"].as_f64()
+}
+
+/// The synthetic documents of a round, in the order they were generated.
+pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
+    read_samples_lines(path)?
+        .into_iter()
+        .skip(1)
+        .map(|l| {
+            let s: Sample = serde_json::from_str(&l).with_context(|| {
+                format!("{} is corrupt: delete it to regenerate", path.display())
+            })?;
+            Ok(Document {
+                id: s.id,
+                text: s.text,
+                origin: s.origin,
+            })
+        })
+        .collect()
+}
+
+/// Every finished round's metrics, sorted by (setting, repetition, round).
+pub fn collect_metrics(root: &Path) -> Result<Vec<MetricsRow>> {
+    let mut rows = Vec::new();
+    for s in Setting::ALL {
+        let sdir = root.join(s.name());
+        let Ok(reps) = std::fs::read_dir(&sdir) else {
+            continue;
+        };
+        for rep in reps.flatten() {
+            let Ok(rounds) = std::fs::read_dir(rep.path()) else {
+                continue;
+            };
+            for r in rounds.flatten() {
+                let m = r.path().join("metrics.json");
+                if m.exists() {
+                    rows.push(read_json::<MetricsRow>(&m)?);
+                }
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.setting_number, r.repetition, r.round));
+    Ok(rows)
+}
+
+fn rebuild_metrics(root: &Path) -> Result<()> {
+    let mut out = String::new();
+    for r in collect_metrics(root)? {
+        out.push_str(&serde_json::to_string(&r)?);
+        out.push('\n');
+    }
+    write_atomic(&root.join("metrics.jsonl"), out.as_bytes())
+}
+
+/// Where each (setting, repetition) stands: rounds finished and the phase of the next one.
+pub fn status(root: &Path) -> Result<String> {
+    let cfg = Config::load(&root.join("config.toml"))
+        .with_context(|| format!("{} is not a run directory", root.display()))?;
+    let mut out = format!("{:<16} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
+    for s in cfg.settings()? {
+        for rep in 0..cfg.experiment.repetitions {
+            let done = (0..cfg.schedule.rounds)
+                .take_while(|&t| round_dir(root, s, rep, t).join("metrics.json").exists())
+                .count();
+            let next = if done == cfg.schedule.rounds {
+                "done".to_string()
+            } else {
+                let rd = round_dir(root, s, rep, done);
+                let phase = if rd.join("samples.jsonl.zst").exists() {
+                    "metrics"
+                } else if rd.join("eval.json").exists() {
+                    "generate"
+                } else if rd.join("model.safetensors").exists() {
+                    "eval"
+                } else if rd.join("manifest.json").exists() {
+                    "train"
+                } else {
+                    "compose"
+                };
+                let step = read_json::<TrainState>(&rd.join("train-state.json"))
+                    .map(|s| format!(" (checkpoint at step {})", s.step))
+                    .unwrap_or_default();
+                format!("round {done}: {phase}{step}")
+            };
+            out.push_str(&format!(
+                "{:<16} {:>4}  {:>3}/{:<3}  {next}\n",
+                s.name(),
+                rep,
+                done,
+                cfg.schedule.rounds
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub fn default_out(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    PathBuf::from("runs").join(stem)
+}

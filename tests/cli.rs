@@ -1,0 +1,465 @@
+//! End-to-end tests of the binary on a tiny config: resume after SIGKILL is exact, bad input gets one clear
+//! line and leaves the run directory resumable, and `report` / `status` work on partial runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_collapse-lab");
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A small corpus of plot-like documents and a tiny config over it.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = csv::Writer::from_path(dir.path().join("plots.csv")).unwrap();
+        w.write_record(["Title", "Plot"]).unwrap();
+        let names = [
+            "Anna", "Boris", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo",
+        ];
+        let places = [
+            "Paris",
+            "a small town",
+            "the desert",
+            "London",
+            "a ship",
+            "the mountains",
+        ];
+        let acts = [
+            "falls in love with",
+            "hunts",
+            "betrays",
+            "rescues",
+            "follows",
+            "marries",
+        ];
+        for i in 0..80usize {
+            let plot = format!(
+                "In film {i}, {} moves to {}.[{}] There {} {} {} and {} them. After years, {} returns home.\r\nThe end.",
+                names[i % 8], places[i % 6], i % 9, names[(i * 3) % 8], acts[i % 6], names[(i * 5 + 1) % 8],
+                acts[(i + 2) % 6], names[(i * 7) % 8]
+            );
+            w.write_record([format!("Film {i}"), plot]).unwrap();
+        }
+        w.flush().unwrap();
+        let f = Self { dir };
+        f.write_config("config.toml", 120);
+        f
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn write_config(&self, name: &str, steps: u64) {
+        let cfg = format!(
+            r#"[model]
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 16
+
+[training]
+steps = {steps}
+batch_size = 4
+lr = {{ kind = "constant", lr = 3e-3 }}
+checkpoint_every = 15
+log_every = 5
+eval_batch_size = 8
+
+[data]
+source = "{src}"
+tokenizer = "train:300"
+heldout_docs = 6
+
+[generation]
+max_new_tokens = 24
+batch_size = 8
+min_docs = 4
+
+[schedule]
+n = 12
+rounds = 3
+settings = ["synthetic-only", "accumulate", "decaying-alpha"]
+
+[experiment]
+repetitions = 1
+seed = 7
+"#,
+            src = self.path("plots.csv").display()
+        );
+        std::fs::write(self.path(name), cfg).unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("COLLAPSE_DATA")
+            .env_remove("COLLAPSE_TOKENIZER")
+            .env("COLLAPSE_CACHE", self.path("cache"))
+            .env("HF_HUB_OFFLINE", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The error line of a failed command: exactly one line starting with `error:`.
+fn error_line(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stderr(o)
+    );
+    let errs: Vec<&str> = std::str::from_utf8(&o.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errs.len(), 1, "one error line expected: {}", stderr(o));
+    errs[0].to_string()
+}
+
+/// metrics.jsonl without wall-clock times, which are the only thing allowed to differ between runs.
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.starts_with("wall_"));
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn killed_and_resumed_runs_give_bit_identical_metrics() {
+    let f = Fixture::new();
+    // Long enough (a few seconds) that several kills land inside training, evaluation and generation.
+    f.write_config("long.toml", 600);
+    let started = std::time::Instant::now();
+    let o = f.run(&["run", "long.toml", "--out", "straight"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full_ms = started.elapsed().as_millis() as u64;
+    let reference = metrics(&f.path("straight"));
+    assert_eq!(reference.len(), 9);
+
+    // SIGKILL at pseudo-random moments until the run finishes on its own.
+    let mut kills = 0;
+    // Each attempt lives a pseudo-random 5-35% of an uninterrupted run.
+    let mut x = 12345u64;
+    for _ in 0..60 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay_ms = full_ms * (5 + (x >> 33) % 31) / 100;
+        let mut child = f
+            .cmd(&["run", "long.toml", "--out", "killed"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "resumed run failed");
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    let o = f.run(&["run", "long.toml", "--out", "killed"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(kills >= 3, "only {kills} kills landed: make the run longer");
+    assert_eq!(metrics(&f.path("killed")), reference, "after {kills} kills");
+    let rows = metrics(&f.path("killed"));
+    let ppl = |s: &str, t: u64| {
+        rows.iter()
+            .find(|r| r["setting"] == s && r["round"] == t)
+            .unwrap()["heldout_perplexity"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        ppl("synthetic-only", 0),
+        ppl("accumulate", 0),
+        "round 0 is the same for every setting"
+    );
+    let acc = rows
+        .iter()
+        .find(|r| r["setting"] == "accumulate" && r["round"] == 2)
+        .unwrap();
+    assert_eq!(acc["total_docs"], 36);
+    assert_eq!(acc["synthetic_docs"], 12);
+}
+
+#[test]
+fn report_and_status_work_on_a_partial_run() {
+    let f = Fixture::new();
+    let o = f.run(&[
+        "run",
+        "config.toml",
+        "--out",
+        "part",
+        "--only",
+        "accumulate/0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.run(&["status", "part"]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("accumulate")
+            && s.contains("3/3")
+            && s.contains("synthetic-only")
+            && s.contains("round 0: compose"),
+        "{s}"
+    );
+    let o = f.run(&["report", "part"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = f.path("part/report");
+    let png = std::fs::read(rd.join("perplexity.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "the PNG should hold a drawn plot");
+    let svg = std::fs::read_to_string(rd.join("perplexity.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("accumulate"));
+    let md = std::fs::read_to_string(rd.join("summary.md")).unwrap();
+    assert!(
+        md.lines().nth(2).unwrap().starts_with("| accumulate | 1 |"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(rd.join("report.html")).unwrap();
+    assert!(html.contains("<img src=\"perplexity.svg\"") && html.contains("<td>accumulate</td>"));
+    let csv = std::fs::read_to_string(f.path("part/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.starts_with("setting,setting_number,repetition,round,"));
+
+    let dir = f.path("part/accumulate/rep-0/round-2");
+    let o = f.run(&[
+        "generate",
+        dir.join("model.safetensors").to_str().unwrap(),
+        "--count",
+        "2",
+        "--max-new-tokens",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("=== sample")
+            .count(),
+        2
+    );
+    let o = f.run(&[
+        "eval",
+        dir.join("model.safetensors").to_str().unwrap(),
+        "--data",
+        "plots.csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+    let e = error_line(&f.run(&["report", "nowhere"]));
+    assert!(e.contains("no finished round"), "{e}");
+}
+
+#[test]
+fn bad_configs_and_sources_get_one_clear_line() {
+    let f = Fixture::new();
+    let e = error_line(&f.run(&["run", "missing.toml"]));
+    assert!(e.contains("cannot read config missing.toml"), "{e}");
+
+    std::fs::write(f.path("broken.toml"), "[training\nsteps = 3\n").unwrap();
+    let e = error_line(&f.run(&["run", "broken.toml"]));
+    assert!(e.contains("broken.toml line 1"), "{e}");
+
+    let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
+    std::fs::write(
+        f.path("unknown.toml"),
+        cfg.replace("log_every = 5", "log_every = 5\nlog_evry = 5"),
+    )
+    .unwrap();
+    let e = error_line(&f.run(&["run", "unknown.toml"]));
+    assert!(
+        e.contains("unknown.toml line 13") && e.contains("log_evry"),
+        "{e}"
+    );
+
+    std::fs::write(
+        f.path("setting.toml"),
+        cfg.replace("\"accumulate\"", "\"acumulate\""),
+    )
+    .unwrap();
+    let e = error_line(&f.run(&["run", "setting.toml"]));
+    assert!(
+        e.contains("unknown setting \"acumulate\"") && e.contains("synthetic-only"),
+        "{e}"
+    );
+
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "o1", "--data", "nothere.csv"]));
+    assert!(e.contains("nothere.csv does not exist"), "{e}");
+
+    std::fs::write(f.path("empty.csv"), "Title,Plot\n").unwrap();
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "o2", "--data", "empty.csv"]));
+    assert!(e.contains("contains no documents"), "{e}");
+
+    std::fs::write(f.path("big.toml"), cfg.replace("n = 12", "n = 40")).unwrap();
+    let e = error_line(&f.run(&["run", "big.toml", "--out", "o3"]));
+    assert!(
+        e.contains("short by") && e.contains("decaying-alpha"),
+        "{e}"
+    );
+
+    let e = error_line(&f.run(&["run", "config.toml", "--device", "cuda"]));
+    assert!(
+        e.contains("built without the `cuda` feature") || e.contains("CUDA device"),
+        "{e}"
+    );
+
+    std::fs::write(f.path("a-file"), "").unwrap();
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "a-file/sub"]));
+    assert!(e.contains("cannot create the output directory"), "{e}");
+}
+
+#[test]
+fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
+    let f = Fixture::new();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    let reference = metrics(&f.path("r"));
+
+    f.write_config("changed.toml", 121);
+    let e = error_line(&f.run(&["run", "changed.toml", "--out", "r"]));
+    assert!(
+        e.contains("different config") && e.contains("training.steps: 120 -> 121"),
+        "{e}"
+    );
+
+    // A truncated model: the round is refused with what to do, and redone once the file is deleted.
+    let rd = f.path("r/synthetic-only/rep-0/round-2");
+    for p in ["metrics.json", "eval.json", "samples.jsonl.zst"] {
+        std::fs::remove_file(rd.join(p)).unwrap();
+    }
+    let model = rd.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
+    assert!(
+        e.contains("model.safetensors is unreadable: delete it")
+            && e.contains("truncated or corrupt"),
+        "{e}"
+    );
+    let e = error_line(&f.run(&["generate", model.to_str().unwrap()]));
+    assert!(e.contains("truncated or corrupt"), "{e}");
+    std::fs::remove_file(&model).unwrap();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    assert_eq!(metrics(&f.path("r")), reference);
+
+    // A model of another shape in place of a round's model.
+    let other = f.path("r2");
+    f.write_config("wide.toml", 120);
+    let wide = std::fs::read_to_string(f.path("wide.toml"))
+        .unwrap()
+        .replace("n_embd = 16", "n_embd = 32");
+    std::fs::write(f.path("wide.toml"), wide).unwrap();
+    assert!(f
+        .run(&[
+            "run",
+            "wide.toml",
+            "--out",
+            other.to_str().unwrap(),
+            "--only",
+            "accumulate/0"
+        ])
+        .status
+        .success());
+    let theirs = other.join("accumulate/rep-0/round-1/model.safetensors");
+    for p in ["metrics.json", "eval.json", "samples.jsonl.zst"] {
+        std::fs::remove_file(rd.join(p)).unwrap();
+    }
+    std::fs::copy(&theirs, &model).unwrap();
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
+    assert!(e.contains("another config"), "{e}");
+    std::fs::remove_file(&model).unwrap();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    assert_eq!(metrics(&f.path("r")), reference);
+
+    // A second process on the same directory.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(f.path("r/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
+    assert!(e.contains("another collapse-lab process is running"), "{e}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_during_a_checkpoint_loses_nothing() {
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "ref"])
+        .status
+        .success());
+    let reference = metrics(&f.path("ref"));
+    std::fs::create_dir(f.path("full")).unwrap();
+    for p in ["config.toml", "tokenizer.json"] {
+        std::fs::copy(f.path("ref").join(p), f.path("full").join(p)).unwrap();
+    }
+    // Files may not grow past 8 KB: the manifest fits, the first checkpoint does not. Writes then fail with
+    // EFBIG, as on a full disk.
+    let mut cmd = f.cmd(&["run", "config.toml", "--out", "full"]);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 8 << 10,
+                rlim_max: 8 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let e = error_line(&o);
+    assert!(e.contains("disk full"), "{e}");
+    let rd = f.path("full/synthetic-only/rep-0/round-0");
+    assert!(rd.join("manifest.json").exists());
+    assert!(
+        !rd.join("train-state.json").exists(),
+        "no pointer to a torn checkpoint"
+    );
+    assert!(f
+        .run(&["run", "config.toml", "--out", "full"])
+        .status
+        .success());
+    assert_eq!(metrics(&f.path("full")), reference);
+}
