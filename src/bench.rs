@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use train::{perplexity, Batcher, TrainConfig, Trainer};
 
-use crate::device::{describe, page_faults, parse_device, peak_rss_mb, synchronize};
+use crate::device::{describe, page_faults, parse_device, peak_rss_mb, set_tf32, synchronize};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  collapse-lab bench --vocab 8192 --steps 3 --gen-batches 1,32")]
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// New tokens per sequence in the generation measurement.
     #[arg(long, default_value_t = 200)]
     pub gen_tokens: usize,
+    /// Full f32 matmuls on CUDA instead of TF32.
+    #[arg(long)]
+    pub no_tf32: bool,
 }
 
 fn matmul_gflops(device: &Device) -> Result<f64> {
@@ -56,6 +59,7 @@ fn matmul_gflops(device: &Device) -> Result<f64> {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
+    set_tf32(&device, !args.no_tf32);
     let config = GptConfig {
         vocab_size: args.vocab,
         ..GptConfig::paper()
@@ -162,6 +166,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "train_page_faults_per_step": train_faults,
         "generate_page_faults_per_new_token": gen_faults,
         "peak_rss_mb": peak_rss_mb(),
+        "tf32": !args.no_tf32 && device.is_cuda(),
         "config": { "model": config, "batch": args.batch, "steps": args.steps, "gen_tokens": args.gen_tokens },
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

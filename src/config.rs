@@ -175,6 +175,8 @@ pub struct ExperimentSection {
     pub seed: u64,
     /// cpu, cuda or cuda:N. Not part of a run's identity: a run may resume on another device.
     pub device: String,
+    /// TF32 tensor-core matmuls on CUDA (off: full f32 products).
+    pub tf32: bool,
 }
 
 impl Default for ExperimentSection {
@@ -183,6 +185,7 @@ impl Default for ExperimentSection {
             repetitions: 10,
             seed: 0,
             device: "cpu".into(),
+            tf32: true,
         }
     }
 }

@@ -63,3 +63,11 @@ pub fn page_faults() -> u64 {
         u.ru_minflt as u64
     }
 }
+
+/// TF32 tensor-core matmuls for f32 on CUDA (about 8x the f32 rate on Hopper, 10-bit mantissa products with
+/// f32 accumulation). No effect on other devices.
+pub fn set_tf32(device: &Device, on: bool) {
+    if device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(on);
+    }
+}

@@ -5,6 +5,7 @@
 mod bench;
 mod config;
 mod device;
+mod gpucheck;
 mod pipeline;
 mod progress;
 mod report;
@@ -72,6 +73,8 @@ enum Command {
     Eval(tools::EvalArgs),
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
     Bench(bench::BenchArgs),
+    /// Check the engine on a device (gradients, cached decoding, loss curve against the CPU, device sampling).
+    GpuCheck(gpucheck::CheckArgs),
     /// Measure loading, cleaning and tokenising a corpus, cold and from the token cache (JSON on stdout).
     BenchCorpus(bench::CorpusBenchArgs),
 }
@@ -110,6 +113,7 @@ fn execute(cli: Cli) -> Result<()> {
                 cfg.experiment.device = d;
             }
             let dev = device::parse_device(&cfg.experiment.device)?;
+            device::set_tf32(&dev, cfg.experiment.tf32);
             let sel = pipeline::parse_only(only.as_deref(), &cfg)?;
             let out = out.unwrap_or_else(|| pipeline::default_out(&config));
             pipeline::run(cfg, &out, dev, sel)
@@ -127,6 +131,7 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Eval(a) => tools::eval(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchCorpus(a) => bench::run_corpus(a),
+        Command::GpuCheck(a) => gpucheck::run(a),
     }
 }
 

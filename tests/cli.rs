@@ -463,3 +463,13 @@ fn a_full_disk_during_a_checkpoint_loses_nothing() {
         .success());
     assert_eq!(metrics(&f.path("full")), reference);
 }
+
+#[test]
+fn gpu_check_runs_its_checks_on_the_cpu() {
+    let f = Fixture::new();
+    let o = f.run(&["gpu-check", "--device", "cpu", "--steps", "20"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pass"], true);
+    assert!(v["loss_curve_max_rel_diff_f32"].as_f64().unwrap() < 1e-3);
+}

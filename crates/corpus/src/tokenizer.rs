@@ -128,7 +128,8 @@ impl Tokenizer {
         let mut tk = tokenizers::Tokenizer::new(bpe);
         tk.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         tk.with_decoder(Some(ByteLevel::default()));
-        tk.add_special_tokens(&[AddedToken::from(END_OF_TEXT, true)]);
+        tk.add_special_tokens([AddedToken::from(END_OF_TEXT, true)])
+            .map_err(tk_err)?;
         Self::wrap(tk)
     }
 

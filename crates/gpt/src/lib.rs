@@ -13,7 +13,7 @@ mod sample;
 pub use config::GptConfig;
 pub use fused::{fast_exp_slice, linear_cross_entropy_sum};
 pub use model::{atomic_write, load_safetensors, save_safetensors, Gpt, KvCache};
-pub use sample::{generate, Decoder, GenerateConfig, Sampler};
+pub use sample::{generate, generate_on_device, Decoder, GenerateConfig, Sampler};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

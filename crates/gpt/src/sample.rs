@@ -275,11 +275,20 @@ pub fn generate(
     first_stream: u64,
 ) -> Result<Vec<Vec<u32>>> {
     cfg.validate()?;
+    if count == 0 || cfg.max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); count]);
+    }
+    if !model.device().is_cpu() && cfg.top_k.is_none() && cfg.top_p.is_none() {
+        return generate_on_device(
+            model,
+            prompt,
+            count,
+            cfg,
+            seed ^ first_stream.rotate_left(32),
+        );
+    }
     let sampler = cfg.sampler();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); count];
-    if count == 0 || cfg.max_new_tokens == 0 {
-        return Ok(out);
-    }
     let mut rngs: Vec<ChaCha8Rng> = (0..count as u64)
         .map(|i| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -325,6 +334,79 @@ pub fn generate(
         dec.push(&next_kept)?;
     }
     Ok(out)
+}
+
+/// Sampling without leaving the device: each step draws the whole batch by the Gumbel-max trick
+/// (`argmax(logits / T + G)` with `G = -log(-log U)` is an exact draw from `softmax(logits / T)`), feeds the
+/// new tokens straight back as the next input, and reads back only a finished-flag every 16 steps and the
+/// tokens once at the end. Finished sequences keep running (their tokens are cut at the stop token), which
+/// costs less on a GPU than compacting the batch. Randomness is the device's, seeded with `seed`: reproducible
+/// on one device, not across devices. Top-k and top-p need a sort of each row, which candle's CUDA sort cannot
+/// do for vocabulary-wide rows, so those settings sample on the host.
+pub fn generate_on_device(
+    model: &Gpt,
+    prompt: &[u32],
+    count: usize,
+    cfg: &GenerateConfig,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    use candle_core::D;
+    cfg.validate()?;
+    let dev = model.device();
+    if !dev.is_cpu() {
+        dev.set_seed(seed)?;
+    }
+    let block = model.config().block_size;
+    let prompt_t = Tensor::new(prompt, dev)?.unsqueeze(0)?.repeat((count, 1))?;
+    let mut context = prompt_t.clone();
+    let mut cache = KvCache::default();
+    let start = prompt.len().saturating_sub(block);
+    let mut logits = model.forward_last(
+        &prompt_t.narrow(1, start, prompt.len() - start)?,
+        &mut cache,
+    )?;
+    let stop = cfg
+        .stop_token
+        .map(|s| Tensor::full(s, count, dev))
+        .transpose()?;
+    let mut finished = Tensor::zeros(count, DType::U8, dev)?;
+    let mut drawn = Vec::with_capacity(cfg.max_new_tokens);
+    for step in 0..cfg.max_new_tokens {
+        let next = if cfg.temperature == 0.0 {
+            logits.argmax(D::Minus1)?
+        } else {
+            let l = (logits.to_dtype(DType::F32)? / cfg.temperature as f64)?;
+            let u = Tensor::rand(1e-20f32, 1.0, l.shape(), dev)?;
+            let gumbel = u.log()?.neg()?.log()?.neg()?;
+            (l + gumbel)?.argmax(D::Minus1)?
+        };
+        drawn.push(next.clone());
+        if let Some(stop) = &stop {
+            finished = finished.maximum(&next.eq(stop)?)?;
+            if (step + 1) % 16 == 0 && finished.min(0)?.to_scalar::<u8>()? == 1 {
+                break;
+            }
+        }
+        if step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        context = Tensor::cat(&[&context, &next.unsqueeze(1)?], 1)?;
+        let len = context.dim(1)?;
+        logits = if len > block {
+            cache.clear();
+            model.forward_last(&context.narrow(1, len - block, block)?, &mut cache)?
+        } else {
+            model.forward_last(&next.unsqueeze(1)?, &mut cache)?
+        };
+    }
+    let all = Tensor::stack(&drawn, 1)?.to_vec2::<u32>()?;
+    Ok(all
+        .into_iter()
+        .map(|row| match cfg.stop_token {
+            Some(s) => row.into_iter().take_while(|&t| t != s).collect(),
+            None => row,
+        })
+        .collect())
 }
 
 fn retain_flagged<T>(v: &mut Vec<T>, keep: &[bool]) {

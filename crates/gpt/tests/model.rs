@@ -368,3 +368,41 @@ fn checkpoints_round_trip_and_corruption_is_an_error() {
     assert!(Gpt::load(&path, DType::F32, &Device::Cpu).is_err());
     assert!(Gpt::load(&dir.path().join("missing"), DType::F32, &Device::Cpu).is_err());
 }
+
+/// The device sampler (used on GPUs) run on the CPU: greedy decoding must match the host path token for
+/// token, across the block_size boundary and with stop tokens; random decoding must stop and stay in range.
+#[test]
+fn device_sampling_matches_host_greedy_decoding() {
+    let cfg = GptConfig {
+        block_size: 8,
+        ..GptConfig::tiny(64)
+    };
+    let m = Gpt::new(&cfg, 17, DType::F32, &Device::Cpu).unwrap();
+    for stop in [None, Some(5)] {
+        let gc = GenerateConfig {
+            max_new_tokens: 30,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            stop_token: stop,
+        };
+        let host = generate(&m, &[1, 2], 3, &gc, 0, 0).unwrap();
+        let dev = gpt::generate_on_device(&m, &[1, 2], 3, &gc, 0).unwrap();
+        assert_eq!(host, dev, "stop {stop:?}");
+    }
+    let gc = GenerateConfig {
+        max_new_tokens: 40,
+        temperature: 1.0,
+        top_k: None,
+        top_p: None,
+        stop_token: Some(3),
+    };
+    let out = gpt::generate_on_device(&m, &[0], 16, &gc, 1).unwrap();
+    assert!(out
+        .iter()
+        .all(|s| s.len() <= 40 && s.iter().all(|&t| t < 64 && t != 3)));
+    assert!(
+        out.iter().any(|s| s.len() < 40),
+        "with 64 tokens some sequence draws the stop token in 40 steps"
+    );
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Prepares what a GPU machine needs, in .device/ (ignored by git), small enough for the device tool's `carry`
+# (64 MiB): the CUDA binary from scripts/build-cuda.sh compressed with xz (68 MB -> ~10 MB: candle's PTX kernels
+# are text), and the corpus and GPT-2 tokenizer, since that machine sees the repository only, not ../shared.
+#
+#   bash scripts/stage-gpu.sh [SHARED_DATA_DIR]      then carry [".device/collapse-lab.xz", ".device/data"]
+set -euo pipefail
+SRC=${1:-../shared/data}
+[ -x .device/collapse-lab ] || { echo "no .device/collapse-lab: run scripts/build-cuda.sh first" >&2; exit 1; }
+xz -9 -T2 -c .device/collapse-lab > .device/collapse-lab.xz
+mkdir -p .device/data/gpt2
+cp "$SRC/movie_plots.csv.zst" .device/data/
+cp "$SRC/gpt2/tokenizer.json" .device/data/gpt2/
+du -ch .device/collapse-lab.xz .device/data | tail -1
