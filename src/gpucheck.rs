@@ -104,7 +104,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
                 .max_all()?
                 .to_scalar::<f32>()?,
         );
-        dec.push(&vec![(step % 60) as u32 + 1; 4])?;
+        dec.push(&[(step % 60) as u32 + 1; 4])?;
     }
     if worst_cache >= 1e-4 {
         failures.push(format!(

@@ -80,13 +80,14 @@ enum Command {
 }
 
 /// Keeps freed memory in the process. Training frees and re-allocates buffers of tens of MB every step;
-/// glibc's defaults hand them back to the kernel each time, and the page faults of re-allocating them cost
-/// a third of a CPU step (measured with `bench`).
+/// glibc's defaults hand them back to the kernel each time (large ones are separate mappings), and the page
+/// faults of re-allocating them cost up to a third of a CPU step (measured with `bench`, which reports page
+/// faults per step). Here every allocation comes from the heap, which is never trimmed.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; it is called before any other thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }

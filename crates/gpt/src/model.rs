@@ -18,6 +18,16 @@ use crate::{Error, GptConfig, Result};
 
 const LN_EPS: f64 = 1e-5;
 
+/// A parameter as an op input: tracked for backprop in training; detached in inference, so that no graph is
+/// built and every activation is freed as soon as the next one exists.
+fn param(v: &Var, grad: bool) -> Tensor {
+    if grad {
+        v.as_tensor().clone()
+    } else {
+        v.as_tensor().detach()
+    }
+}
+
 struct Linear {
     /// `[out, in]`, as `torch.nn.Linear` stores it.
     weight: Var,
@@ -25,17 +35,19 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor, cpu_kernels: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cpu_kernels: bool, grad: bool) -> Result<Tensor> {
+        let w = param(&self.weight, grad);
+        let b = self.bias.as_ref().map(|b| param(b, grad));
         if cpu_kernels {
-            let bias = match &self.bias {
-                Some(b) => b.as_tensor().clone(),
-                None => Tensor::zeros(self.weight.dim(0)?, x.dtype(), x.device())?,
+            let bias = match b {
+                Some(b) => b,
+                None => Tensor::zeros(w.dim(0)?, x.dtype(), x.device())?,
             };
-            return Ok(x.apply_op3(self.weight.as_tensor(), &bias, LinearOp)?);
+            return Ok(x.apply_op3(&w, &bias, LinearOp)?);
         }
-        let y = x.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+        let y = x.matmul(&w.t()?)?;
+        Ok(match b {
+            Some(b) => y.broadcast_add(&b)?,
             None => y,
         })
     }
@@ -47,20 +59,22 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor, cpu_kernels: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cpu_kernels: bool, grad: bool) -> Result<Tensor> {
+        let w = param(&self.weight, grad);
+        let b = self.bias.as_ref().map(|b| param(b, grad));
         if cpu_kernels {
-            let bias = match &self.bias {
-                Some(b) => b.as_tensor().clone(),
-                None => self.weight.zeros_like()?,
+            let bias = match &b {
+                Some(b) => b.clone(),
+                None => w.zeros_like()?,
             };
-            return Ok(x.apply_op3(self.weight.as_tensor(), &bias, LayerNormOp { eps: LN_EPS })?);
+            return Ok(x.apply_op3(&w, &bias, LayerNormOp { eps: LN_EPS })?);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let xhat = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let y = xhat.broadcast_mul(&self.weight)?;
-        Ok(match &self.bias {
+        let y = xhat.broadcast_mul(&w)?;
+        Ok(match &b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
@@ -103,27 +117,28 @@ impl Dropout<'_> {
     }
 }
 
-/// Keys and values of every layer for the positions seen so far: `[B, n_head, len, head_dim]` each.
+/// Keys and values of every layer for the positions seen so far, in buffers of `[B, n_head, block_size,
+/// head_dim]` allocated once and written in place: growing them by concatenation every step re-allocates
+/// megabytes per token, and the kernel's page faults then cost a tenth of generation time.
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
 }
 
 impl KvCache {
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
-            _ => 0,
-        }
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
+    /// Forgets every position; the buffers stay for reuse.
     pub fn clear(&mut self) {
-        self.layers.clear();
+        self.len = 0;
     }
 
     /// Keeps only the batch rows in `rows` (finished sequences leave the batch).
@@ -136,6 +151,27 @@ impl KvCache {
     }
 }
 
+/// Writes `k`, `v` (`[B, H, t, hd]`) at position `past` of a layer's buffers (allocating them at `capacity`
+/// positions on first use) and returns views of positions `0..past + t`.
+fn cache_append(
+    slot: &mut Option<(Tensor, Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    capacity: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, t, hd) = k.dims4()?;
+    let fits = matches!(slot, Some((kb, _)) if kb.dims4()? == (b, h, capacity, hd));
+    if !fits {
+        let z = Tensor::zeros((b, h, capacity, hd), k.dtype(), k.device())?;
+        *slot = Some((z.clone(), z.zeros_like()?));
+    }
+    let (kb, vb) = slot.as_ref().expect("allocated above");
+    kb.slice_set(&k.contiguous()?, 2, past)?;
+    vb.slice_set(&v.contiguous()?, 2, past)?;
+    Ok((kb.narrow(2, 0, past + t)?, vb.narrow(2, 0, past + t)?))
+}
+
 struct CausalSelfAttention {
     c_attn: Linear,
     c_proj: Linear,
@@ -143,62 +179,40 @@ struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    /// `x`: `[B*T, C]` for T new positions that follow `cache`'s.
+    /// `x`: `[B*T, C]` for T new positions that follow the `past` positions in `cache`, whose buffers hold
+    /// `capacity` positions.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         (b, t): (usize, usize),
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        (past, capacity): (usize, usize),
         dropout: &mut Option<Dropout>,
-        cpu_kernels: bool,
+        (cpu_kernels, grad): (bool, bool),
     ) -> Result<Tensor> {
         let c = x.dim(1)?;
         let (nh, hd) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x, cpu_kernels)?;
-        let empty_cache = match &cache {
-            None => true,
-            Some(slot) => slot.is_none(),
-        };
-        if cpu_kernels && empty_cache && dropout.is_none() {
+        let qkv = self.c_attn.forward(x, cpu_kernels, grad)?;
+        if cpu_kernels && past == 0 && dropout.is_none() {
             // Training, evaluation, and every (re-)prefill of generation: the fused kernel, then the cache (if
-            // any) is filled from q, k, v as they lie in `qkv`.
+            // any) is filled from k and v as they lie in `qkv`.
             let y = qkv.apply_op1(CausalAttention { b, t, n_head: nh })?;
             if let Some(slot) = cache {
                 let kv = qkv.reshape((b, t, 3, nh, hd))?;
-                let k = kv
-                    .narrow(2, 1, 1)?
-                    .squeeze(2)?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-                let v = kv
-                    .narrow(2, 2, 1)?
-                    .squeeze(2)?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-                *slot = Some((k, v));
+                let k = kv.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?;
+                let v = kv.narrow(2, 2, 1)?.squeeze(2)?.transpose(1, 2)?;
+                cache_append(slot, &k, &v, 0, capacity)?;
             }
-            return self.c_proj.forward(&y, cpu_kernels);
+            return self.c_proj.forward(&y, cpu_kernels, grad);
         }
         let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let mut v = qkv.get(2)?.contiguous()?;
-        let past = match cache {
-            Some(slot) => {
-                let past = match slot.as_ref() {
-                    Some((pk, pv)) => {
-                        let past = pk.dim(2)?;
-                        k = Tensor::cat(&[pk, &k], 2)?;
-                        v = Tensor::cat(&[pv, &v], 2)?;
-                        past
-                    }
-                    None => 0,
-                };
-                *slot = Some((k.clone(), v.clone()));
-                past
-            }
-            None => 0,
-        };
+        if let Some(slot) = cache {
+            (k, v) = cache_append(slot, &k, &v, past, capacity)?;
+        }
         let tk = past + t;
         let mut att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         if t > 1 {
@@ -216,7 +230,7 @@ impl CausalSelfAttention {
             att = d.apply(&att)?;
         }
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, c))?;
-        let y = self.c_proj.forward(&y, cpu_kernels)?;
+        let y = self.c_proj.forward(&y, cpu_kernels, grad)?;
         match dropout {
             Some(d) => d.apply(&y),
             None => Ok(y),
@@ -234,16 +248,16 @@ impl Mlp {
         &self,
         x: &Tensor,
         dropout: &mut Option<Dropout>,
-        cpu_kernels: bool,
+        (cpu_kernels, grad): (bool, bool),
     ) -> Result<Tensor> {
-        let h = self.c_fc.forward(x, cpu_kernels)?;
+        let h = self.c_fc.forward(x, cpu_kernels, grad)?;
         // candle's `gelu` is GPT-2's tanh approximation, with a backward pass.
         let h = if cpu_kernels {
             h.apply_op1(Gelu)?
         } else {
             h.gelu()?
         };
-        let y = self.c_proj.forward(&h, cpu_kernels)?;
+        let y = self.c_proj.forward(&h, cpu_kernels, grad)?;
         match dropout {
             Some(d) => d.apply(&y),
             None => Ok(y),
@@ -440,21 +454,21 @@ impl Gpt {
         idx: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut dropout: Option<Dropout>,
+        grad: bool,
     ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        if past + t > self.config.block_size {
+        let capacity = self.config.block_size;
+        if past + t > capacity {
             return Err(Error::Config(format!(
-                "cannot forward {} positions: block_size is {}",
-                past + t,
-                self.config.block_size
+                "cannot forward {} positions: block_size is {capacity}",
+                past + t
             )));
         }
-        let tok = self
-            .wte
+        let tok = param(&self.wte, grad)
             .embedding(&idx.flatten_all()?)?
             .reshape((b, t, self.config.n_embd))?;
-        let pos = self.wpe.narrow(0, past, t)?;
+        let pos = param(&self.wpe, grad).narrow(0, past, t)?;
         let mut x = tok
             .broadcast_add(&pos)?
             .reshape((b * t, self.config.n_embd))?;
@@ -467,37 +481,46 @@ impl Gpt {
         let k = self.uses_fused_cpu_kernel();
         for (l, block) in self.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a =
-                block
-                    .attn
-                    .forward(&block.ln_1.forward(&x, k)?, (b, t), slot, &mut dropout, k)?;
+            let a = block.attn.forward(
+                &block.ln_1.forward(&x, k, grad)?,
+                (b, t),
+                slot,
+                (past, capacity),
+                &mut dropout,
+                (k, grad),
+            )?;
             x = (x + a)?;
-            let m = block
-                .mlp
-                .forward(&block.ln_2.forward(&x, k)?, &mut dropout, k)?;
+            let m =
+                block
+                    .mlp
+                    .forward(&block.ln_2.forward(&x, k, grad)?, &mut dropout, (k, grad))?;
             x = (x + m)?;
         }
-        self.ln_f.forward(&x, k)
+        if let Some(c) = cache {
+            c.len = past + t;
+        }
+        self.ln_f.forward(&x, k, grad)
     }
 
     /// Logits `[B, T, vocab]` of a full forward pass (no cache), as nanoGPT's `forward` returns with targets.
+    /// Inference only: no graph is built.
     pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
-        let h = self.hidden(idx, None, None)?;
-        Ok(h.matmul(&self.wte.t()?)?
+        let h = self.hidden(idx, None, None, false)?;
+        Ok(h.matmul(&param(&self.wte, false).t()?)?
             .reshape((b, t, self.config.vocab_size))?)
     }
 
     /// Logits `[B, vocab]` of the last position of `idx`, which follows the positions in `cache` (and is
-    /// appended to it).
+    /// appended to it). Inference only: no graph is built.
     pub fn forward_last(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
-        let h = self.hidden(idx, Some(cache), None)?;
+        let h = self.hidden(idx, Some(cache), None, false)?;
         let last = h
             .reshape((b, t, self.config.n_embd))?
             .narrow(1, t - 1, 1)?
             .squeeze(1)?;
-        Ok(last.matmul(&self.wte.t()?)?)
+        Ok(last.matmul(&param(&self.wte, false).t()?)?)
     }
 
     /// Mean next-token cross-entropy of `idx` `[B, T]` against `targets` `[B, T]`, differentiable with respect
@@ -515,7 +538,7 @@ impl Gpt {
             }),
             _ => None,
         };
-        let h = self.hidden(idx, None, dropout)?;
+        let h = self.hidden(idx, None, dropout, true)?;
         let targets = targets.flatten_all()?;
         if self.uses_fused_cpu_kernel() {
             let op = LinearCrossEntropy::new(targets.to_vec1::<u32>()?);
@@ -528,17 +551,17 @@ impl Gpt {
 
     /// Sum of next-token NLL over every position of `idx` `[B, T]`, with no gradient and no dropout.
     pub fn nll_sum(&self, idx: &Tensor, targets: &Tensor) -> Result<f64> {
-        let h = self.hidden(&idx.detach(), None, None)?.detach();
+        let h = self.hidden(idx, None, None, false)?;
         let targets = targets.flatten_all()?;
+        let w = param(&self.wte, false);
         if self.uses_fused_cpu_kernel() {
-            let w = self.wte.as_tensor().detach();
             return Ok(linear_cross_entropy_sum(
                 &h,
                 &w,
                 &targets.to_vec1::<u32>()?,
             )?);
         }
-        let logits = h.matmul(&self.wte.as_tensor().detach().t()?)?;
+        let logits = h.matmul(&w.t()?)?;
         let n = logits.dim(0)?;
         Ok((cross_entropy_mean(&logits, &targets)? * n as f64)?
             .to_dtype(DType::F64)?

@@ -162,6 +162,9 @@ fn nucleus(probs: &[f32], total: f64, p: f64) -> Vec<u32> {
     }
 }
 
+/// Sequences per forward pass when the window is re-prefilled.
+const REPREFILL_ROWS: usize = 32;
+
 /// Step-by-step batched decoding: holds each sequence's context, the KV cache, and the logits of the next
 /// token. All sequences have the same length (they start from prompts of equal length and advance together).
 pub struct Decoder<'a> {
@@ -199,18 +202,26 @@ impl<'a> Decoder<'a> {
         let block = self.model.config().block_size;
         let len = self.tokens[0].len();
         let start = len.saturating_sub(block);
-        let window: Vec<u32> = self
-            .tokens
-            .iter()
-            .flat_map(|t| t[start..].iter().copied())
-            .collect();
-        let idx = Tensor::from_vec(
-            window,
-            (self.tokens.len(), len - start),
-            self.model.device(),
-        )?;
         self.cache.clear();
-        self.logits = self.model.forward_last(&idx, &mut self.cache)?;
+        if start == 0 {
+            let window: Vec<u32> = self.tokens.iter().flatten().copied().collect();
+            let idx = Tensor::from_vec(window, (self.tokens.len(), len), self.model.device())?;
+            self.logits = self.model.forward_last(&idx, &mut self.cache)?;
+            return Ok(());
+        }
+        // Past block_size every step re-prefills the window, so the cache is never read again: skip it, and
+        // go through the batch in slices whose activations stay small enough to be reused step after step.
+        let dev = self.model.device();
+        let mut parts = Vec::new();
+        for rows in self.tokens.chunks(REPREFILL_ROWS) {
+            let window: Vec<u32> = rows
+                .iter()
+                .flat_map(|t| t[start..].iter().copied())
+                .collect();
+            let idx = Tensor::from_vec(window, (rows.len(), len - start), dev)?;
+            parts.push(self.model.forward_last(&idx, &mut KvCache::default())?);
+        }
+        self.logits = Tensor::cat(&parts, 0)?;
         Ok(())
     }
 
