@@ -473,3 +473,62 @@ fn gpu_check_runs_its_checks_on_the_cpu() {
     assert_eq!(v["pass"], true);
     assert!(v["loss_curve_max_rel_diff_f32"].as_f64().unwrap() < 1e-3);
 }
+
+/// The report page as a browser shows it: headless Chromium (Debian's `chromium`) renders `report.html` to a
+/// screenshot. Skipped, with a note, where Chromium is not installed.
+#[test]
+fn the_report_page_renders_in_headless_chromium() {
+    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!(
+            "chromium is not installed: skipping the browser check (apt-get install chromium)"
+        );
+        return;
+    };
+    let f = Fixture::new();
+    assert!(f
+        .run(&[
+            "run",
+            "config.toml",
+            "--out",
+            "page",
+            "--only",
+            "synthetic-only/0"
+        ])
+        .status
+        .success());
+    assert!(f.run(&["report", "page"]).status.success());
+    let shot = f.path("shot.png");
+    let profile = f.path("chromium-profile");
+    let o = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1000,1000")
+        .arg(format!(
+            "file://{}",
+            f.path("page/report/report.html").display()
+        ))
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", stderr(&o)));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(
+        png.len() > 20_000,
+        "a page with a plot and a table, not a blank one ({} bytes)",
+        png.len()
+    );
+}
