@@ -11,7 +11,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use train::{perplexity, Batcher, TrainConfig, Trainer};
 
-use crate::device::{describe, page_faults, parse_device, peak_rss_mb, set_tf32, synchronize};
+use crate::device::{
+    describe, page_faults, parse_device, peak_rss_mb, rayon_threads, set_tf32, synchronize,
+};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  collapse-lab bench --vocab 8192 --steps 3 --gen-batches 1,32")]
@@ -224,8 +226,4 @@ pub fn run_corpus(args: CorpusBenchArgs) -> Result<()> {
         )?
     );
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

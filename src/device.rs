@@ -33,7 +33,8 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-fn rayon_threads() -> usize {
+/// Worker threads of the CPU backend (rayon's, as `RAYON_NUM_THREADS` sets them).
+pub fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())

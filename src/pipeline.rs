@@ -452,8 +452,8 @@ fn run_round(
             t,
         )?;
     }
-    let wall_generate = read_samples_meta(&samples_path).unwrap_or(started.elapsed().as_secs_f64());
-    let generated = read_samples(&samples_path)?;
+    let (wall_meta, generated) = read_samples_file(&samples_path)?;
+    let wall_generate = wall_meta.unwrap_or(started.elapsed().as_secs_f64());
     let stats = TextStats::of(generated.iter().map(|d| d.text.as_str()));
 
     // Phase 5: the round's metrics.
@@ -715,16 +715,14 @@ fn read_samples_lines(path: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))
 }
 
-fn read_samples_meta(path: &Path) -> Option<f64> {
-    let first = read_samples_lines(path).ok()?.into_iter().next()?;
-    serde_json::from_str::<serde_json::Value>(&first).ok()?["meta"]["wall_s"].as_f64()
-}
-
-/// The synthetic documents of a round, in the order they were generated.
-pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
-    read_samples_lines(path)?
-        .into_iter()
-        .skip(1)
+/// A round's generated documents, in generation order, and the generation phase's wall time (its first line).
+fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Document>)> {
+    let mut lines = read_samples_lines(path)?.into_iter();
+    let meta = lines
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+    let wall = meta.and_then(|m| m["meta"]["wall_s"].as_f64());
+    let docs = lines
         .map(|l| {
             let s: Sample = serde_json::from_str(&l).with_context(|| {
                 format!("{} is corrupt: delete it to regenerate", path.display())
@@ -735,7 +733,13 @@ pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
                 origin: s.origin,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((wall, docs))
+}
+
+/// The synthetic documents of a round, in the order they were generated.
+pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
+    Ok(read_samples_file(path)?.1)
 }
 
 /// Every finished round's metrics, sorted by (setting, repetition, round).
