@@ -134,11 +134,13 @@ pub struct GenerationSection {
 
 impl Default for GenerationSection {
     fn default() -> Self {
+        // Sampling defaults are the model crate's, so the two cannot drift apart.
+        let g = GenerateConfig::default();
         Self {
-            max_new_tokens: 200,
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
+            max_new_tokens: g.max_new_tokens,
+            temperature: g.temperature,
+            top_k: g.top_k,
+            top_p: g.top_p,
             batch_size: 256,
             min_docs: 100,
         }

@@ -14,14 +14,10 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::fused::{contiguous_slice, gemm_into_with, Real};
+use crate::fused::{contiguous_slice, dtype_of, gemm_into_with, Real};
 
 /// Rows per parallel task in the row-wise kernels.
 const ROWS_PER_TASK: usize = 64;
-
-fn dtype_of(s: &CpuStorage) -> DType {
-    candle_core::backend::BackendStorage::dtype(s)
-}
 
 /// Reads a CPU tensor as a contiguous slice and runs `f` on it.
 fn with_slice<T: Real + candle_core::WithDType, R>(

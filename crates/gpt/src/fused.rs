@@ -435,6 +435,10 @@ pub(crate) fn lce_kernel<T: Real>(
     (loss_sum, with_grads.then_some((dh, dw)))
 }
 
+pub(crate) fn dtype_of(s: &CpuStorage) -> DType {
+    candle_core::backend::BackendStorage::dtype(s)
+}
+
 pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
@@ -503,7 +507,7 @@ impl CustomOp2 for LinearCrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match candle_core::backend::BackendStorage::dtype(s1) {
+        match dtype_of(s1) {
             DType::F32 => self.run::<f32>(s1, l1, s2, l2),
             DType::F64 => self.run::<f64>(s1, l1, s2, l2),
             d => candle_core::bail!("linear_cross_entropy: unsupported dtype {d:?}"),
@@ -545,7 +549,7 @@ pub fn linear_cross_entropy_sum(
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
         candle_core::bail!("target {bad} outside the vocabulary of {v}");
     }
-    let sum = match candle_core::backend::BackendStorage::dtype(hs) {
+    let sum = match dtype_of(hs) {
         DType::F32 => {
             lce_kernel(
                 contiguous_slice::<f32>(hs, hl)?,
