@@ -148,10 +148,33 @@ fn metrics(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A fingerprint of the durable progress under a run directory: every file below a setting's directory, with
+/// its length and modification time. Root-level files (lock, frozen config, tokenizer) are left out because a
+/// resumed process may touch them before it does any new work.
+fn progress(root: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&e.path(), depth + 1, out);
+            } else if depth > 0 {
+                out.push((e.path(), meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, 0, &mut out);
+    out.sort();
+    out
+}
+
 #[test]
 fn killed_and_resumed_runs_give_bit_identical_metrics() {
     let f = Fixture::new();
-    // Long enough (a few seconds) that several kills land inside training, evaluation and generation.
+    // Long enough (a few seconds) that kills land inside training, evaluation and generation.
     f.write_config("long.toml", 600);
     let started = std::time::Instant::now();
     let o = f.run(&["run", "long.toml", "--out", "straight"]);
@@ -160,22 +183,35 @@ fn killed_and_resumed_runs_give_bit_identical_metrics() {
     let reference = metrics(&f.path("straight"));
     assert_eq!(reference.len(), 9);
 
-    // SIGKILL at pseudo-random moments until the run finishes on its own.
+    // SIGKILL each attempt at a pseudo-random moment after it has made new durable progress, until the run
+    // finishes on its own. Waiting for progress first, rather than a fixed share of the uninterrupted run's
+    // time, keeps the number of kills independent of how loaded the machine was while `straight` ran (the
+    // tests of this file run in parallel). Each kill then lands up to 8% of an uninterrupted run later.
+    let killed = f.path("killed");
     let mut kills = 0;
-    // Each attempt lives a pseudo-random 5-35% of an uninterrupted run.
     let mut x = 12345u64;
     for _ in 0..60 {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay_ms = full_ms * (5 + (x >> 33) % 31) / 100;
+        let delay_ms = full_ms * ((x >> 33) % 81) / 1000;
+        let before = progress(&killed);
         let mut child = f
             .cmd(&["run", "long.toml", "--out", "killed"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        match child.try_wait().unwrap() {
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if progress(&killed) != before {
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                break child.try_wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match finished {
             Some(status) => {
                 assert!(status.success(), "resumed run failed");
                 break;
@@ -189,8 +225,9 @@ fn killed_and_resumed_runs_give_bit_identical_metrics() {
     }
     let o = f.run(&["run", "long.toml", "--out", "killed"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("{kills} kills landed");
     assert!(kills >= 3, "only {kills} kills landed: make the run longer");
-    assert_eq!(metrics(&f.path("killed")), reference, "after {kills} kills");
+    assert_eq!(metrics(&killed), reference, "after {kills} kills");
     let rows = metrics(&f.path("killed"));
     let ppl = |s: &str, t: u64| {
         rows.iter()
