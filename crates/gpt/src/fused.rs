@@ -102,30 +102,10 @@ impl Real for f32 {
         s.f32 = v;
     }
     fn gelu_slice(x: &[Self], y: &mut [Self]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx512() {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { gelu_avx512(x, y) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { gelu_avx2(x, y) };
-        }
-        gelu_generic(x, y)
+        gelu_at(Width::detected(), x, y)
     }
     fn gelu_grad_slice(x: &[Self], dy: &[Self], dx: &mut [Self]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx512() {
-            // SAFETY: as above.
-            return unsafe { gelu_grad_avx512(x, dy, dx) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: as above.
-            return unsafe { gelu_grad_avx2(x, dy, dx) };
-        }
-        gelu_grad_generic(x, dy, dx)
+        gelu_grad_at(Width::detected(), x, dy, dx)
     }
 }
 
@@ -182,16 +162,68 @@ impl Real for f64 {
 /// sqrt(2 / pi), GPT-2's GELU constant.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The vector widths the element-wise kernels are compiled for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Width {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
-// The element-wise kernels are written once, generically, and compiled per vector width. Rust does not contract
-// a * b + c into an FMA, and every reduction names its lanes, so each width gives bit-identical results.
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f") && has_avx2_fma()
+impl Width {
+    /// The widest this CPU runs (std caches the feature probe, so this is cheap on hot paths).
+    fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") {
+                    Width::Avx512
+                } else {
+                    Width::Avx2
+                };
+            }
+        }
+        Width::Portable
+    }
+}
+
+/// Compiles a generic element-wise kernel once per vector width into `name(width, args..)`, which runs the
+/// requested width, capped at what the CPU has. Rust does not contract `a * b + c` into an FMA, and every
+/// reduction in these kernels names its lanes, so each width gives bit-identical results (tested).
+macro_rules! per_width {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $generic:ident;)*) => {$(
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+        fn $name(width: Width, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                match width.min(Width::detected()) {
+                    // SAFETY: the width is capped at what the CPU supports.
+                    Width::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Width::Avx2 => return unsafe { avx2($($arg),*) },
+                    Width::Portable => {}
+                }
+            }
+            $generic($($arg),*)
+        }
+    )*};
+}
+
+per_width! {
+    fn gelu_at(x: &[f32], y: &mut [f32]) = gelu_generic;
+    fn gelu_grad_at(x: &[f32], dy: &[f32], dx: &mut [f32]) = gelu_grad_generic;
+    fn exp_shift_sum_at(xs: &mut [f32], shift: f32) -> f32 = exp_shift_sum_generic;
 }
 
 /// tanh from the vectorisable exp: absolute error below 1e-7, which is what GELU's `1 + tanh` needs.
@@ -218,30 +250,6 @@ fn gelu_grad_generic(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let du = C * (1.0 + 3.0 * 0.044715 * x * x);
         *dx = dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(x: &[f32], y: &mut [f32]) {
-    gelu_generic(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_grad_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    gelu_grad_generic(x, dy, dx)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gelu_avx512(x: &[f32], y: &mut [f32]) {
-    gelu_generic(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gelu_grad_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    gelu_grad_generic(x, dy, dx)
 }
 
 /// `exp` of an f32 with Cephes' polynomial (relative error below 2e-7), branch-free so loops over it vectorise.
@@ -282,30 +290,8 @@ fn exp_shift_sum_generic(xs: &mut [f32], shift: f32) -> f32 {
     s + acc.iter().sum::<f32>()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shift_sum_avx2(xs: &mut [f32], shift: f32) -> f32 {
-    exp_shift_sum_generic(xs, shift)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn exp_shift_sum_avx512(xs: &mut [f32], shift: f32) -> f32 {
-    exp_shift_sum_generic(xs, shift)
-}
-
 fn fast_exp_shift_sum(xs: &mut [f32], shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { exp_shift_sum_avx512(xs, shift) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { exp_shift_sum_avx2(xs, shift) };
-    }
-    exp_shift_sum_generic(xs, shift)
+    exp_shift_sum_at(Width::detected(), xs, shift)
 }
 
 /// Replaces each `x` by `exp(x)` with the vectorised kernel; returns the sum. Used by the sampler.
@@ -653,44 +639,22 @@ mod tests {
             .collect();
         let dy: Vec<f32> = xs.iter().map(|x| (x * 0.37).sin()).collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let run = |width: &str| {
+        let run = |width: Width| {
             let (mut y, mut dx, mut e) = (vec![0f32; xs.len()], vec![0f32; xs.len()], xs.clone());
-            // SAFETY: each width is only run on a CPU that has its features.
-            let sum = unsafe {
-                match width {
-                    "avx512" => {
-                        gelu_avx512(&xs, &mut y);
-                        gelu_grad_avx512(&xs, &dy, &mut dx);
-                        exp_shift_sum_avx512(&mut e, 3.0)
-                    }
-                    "avx2" => {
-                        gelu_avx2(&xs, &mut y);
-                        gelu_grad_avx2(&xs, &dy, &mut dx);
-                        exp_shift_sum_avx2(&mut e, 3.0)
-                    }
-                    _ => {
-                        gelu_generic(&xs, &mut y);
-                        gelu_grad_generic(&xs, &dy, &mut dx);
-                        exp_shift_sum_generic(&mut e, 3.0)
-                    }
-                }
-            };
+            gelu_at(width, &xs, &mut y);
+            gelu_grad_at(width, &xs, &dy, &mut dx);
+            let sum = exp_shift_sum_at(width, &mut e, 3.0);
             (bits(&y), bits(&dx), bits(&e), sum.to_bits())
         };
-        let portable = run("generic");
-        if has_avx2_fma() {
-            assert_eq!(
-                run("avx2"),
-                portable,
-                "AVX2 differs from the portable build"
-            );
-        }
-        if has_avx512() {
-            assert_eq!(
-                run("avx512"),
-                portable,
-                "AVX-512 differs from the portable build"
-            );
+        let portable = run(Width::Portable);
+        for width in [Width::Avx2, Width::Avx512] {
+            if width <= Width::detected() {
+                assert_eq!(
+                    run(width),
+                    portable,
+                    "{width:?} differs from the portable build"
+                );
+            }
         }
     }
 

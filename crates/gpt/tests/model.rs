@@ -5,6 +5,16 @@ use gpt::{generate, Decoder, GenerateConfig, Gpt, GptConfig, Sampler};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// max |t| over every element.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn batch(cfg: &GptConfig, b: usize, t: usize, seed: u64, dev: &Device) -> (Tensor, Tensor) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let toks: Vec<u32> = (0..b * (t + 1))
@@ -196,23 +206,8 @@ fn cpu_kernels_equal_plain_ops() {
     assert!((la - lb).abs() < 1e-5 * lb.abs(), "{la} vs {lb}");
     let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
     for (name, v) in m.params() {
-        let d = (ga.get(v).unwrap() - gb.get(v).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = gb
-            .get(v)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs(&(ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap());
+        let s = max_abs(gb.get(v).unwrap());
         assert!(d <= 1e-4 * s.max(1e-3), "{name}: max diff {d}, scale {s}");
     }
     let nll = m.nll_sum(&x, &y).unwrap();
@@ -245,14 +240,7 @@ fn cached_decoding_equals_full_recompute() {
             .unwrap()
             .squeeze(1)
             .unwrap();
-        let diff = (full - dec.logits())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs(&(full - dec.logits()).unwrap());
         assert!(
             diff < 1e-4,
             "step {step} (context {len}): max |cached - recompute| = {diff}"
