@@ -360,35 +360,6 @@ fn run_round(
         m.write(&manifest_path)?;
         m
     };
-    let mut stream_docs: Vec<Vec<u32>> = Vec::with_capacity(manifest.documents.len());
-    for d in &manifest.documents {
-        match &d.origin {
-            Origin::Real { .. } => {
-                let i = ctx.by_id.get(&d.id).with_context(|| {
-                    format!(
-                        "{}: document {} is not in the corpus",
-                        manifest_path.display(),
-                        d.id
-                    )
-                })?;
-                stream_docs.push(ctx.doc_tokens[*i].clone());
-            }
-            Origin::Synthetic { round, .. } => {
-                let (_, map) = samples.get(ctx, &dir.root, setting, rep, *round)?;
-                stream_docs.push(
-                    map.get(&d.id)
-                        .with_context(|| {
-                            format!(
-                                "synthetic document {} is missing from round {round}'s samples",
-                                d.id
-                            )
-                        })?
-                        .clone(),
-                );
-            }
-        }
-    }
-    let stream = token_stream(stream_docs.iter().map(Vec::as_slice), ctx.tok.eot());
     let wall_compose = started.elapsed().as_secs_f64();
 
     // Phase 2: train model_t from scratch (or from its last checkpoint).
@@ -408,6 +379,15 @@ fn run_round(
         }
         (model, read_json::<TrainRecord>(&rd.join("train.json"))?)
     } else {
+        let stream = round_stream(
+            ctx,
+            &dir.root,
+            samples,
+            setting,
+            rep,
+            &manifest,
+            &manifest_path,
+        )?;
         train_phase(ctx, &rd, progress, &stream, rep, t)?
     };
 
@@ -487,6 +467,52 @@ fn run_round(
         wall_generate_s: wall_generate,
     };
     write_json(&rd.join("metrics.json"), &row)
+}
+
+/// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>`.
+fn round_stream(
+    ctx: &Ctx,
+    root: &Path,
+    samples: &mut SampleStore,
+    setting: Setting,
+    rep: usize,
+    manifest: &Manifest,
+    manifest_path: &Path,
+) -> Result<Vec<u32>> {
+    // Load every round the manifest draws synthetic documents from, so the lookups below can borrow them.
+    for d in &manifest.documents {
+        if let Origin::Synthetic { round, .. } = d.origin {
+            samples.get(ctx, root, setting, rep, round)?;
+        }
+    }
+    let docs = manifest
+        .documents
+        .iter()
+        .map(|d| match &d.origin {
+            Origin::Real { .. } => ctx
+                .by_id
+                .get(&d.id)
+                .map(|&i| ctx.doc_tokens[i].as_slice())
+                .with_context(|| {
+                    format!(
+                        "{}: document {} is not in the corpus",
+                        manifest_path.display(),
+                        d.id
+                    )
+                }),
+            Origin::Synthetic { round, .. } => samples.rounds[round]
+                .1
+                .get(&d.id)
+                .map(Vec::as_slice)
+                .with_context(|| {
+                    format!(
+                        "synthetic document {} is missing from round {round}'s samples",
+                        d.id
+                    )
+                }),
+        })
+        .collect::<Result<Vec<&[u32]>>>()?;
+    Ok(token_stream(docs, ctx.tok.eot()))
 }
 
 fn train_phase(
