@@ -128,8 +128,12 @@ pub struct GenerationSection {
     pub top_p: Option<f32>,
     /// Sequences generated at once.
     pub batch_size: usize,
-    /// Every round writes at least this many documents, so the last round has text statistics too.
+    /// Every round writes at least this many documents, and the text statistics of generated plots are
+    /// measured on the first `min_docs` of each round: the same sample size in every round and setting.
     pub min_docs: usize,
+    /// The text every document is generated after: `<|endoftext|>` (the paper's, and the start of a new
+    /// document in training), or any text, e.g. "\n" as nanoGPT's sample.py.
+    pub prompt: String,
 }
 
 impl Default for GenerationSection {
@@ -143,9 +147,13 @@ impl Default for GenerationSection {
             top_p: g.top_p,
             batch_size: 256,
             min_docs: 100,
+            prompt: EOT_PROMPT.into(),
         }
     }
 }
+
+/// The prompt that means "start a new document": GPT-2's end-of-text token, whatever its id.
+pub const EOT_PROMPT: &str = "<|endoftext|>";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -314,6 +322,14 @@ impl Config {
             (
                 self.generation.max_new_tokens == 0,
                 "generation.max_new_tokens must be at least 1",
+            ),
+            (
+                self.generation.min_docs == 0,
+                "generation.min_docs must be at least 1 (text statistics are measured on that many documents)",
+            ),
+            (
+                self.generation.prompt.is_empty(),
+                "generation.prompt must not be empty (\"<|endoftext|>\" starts a new document)",
             ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {

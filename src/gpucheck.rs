@@ -153,6 +153,24 @@ pub fn run(a: CheckArgs) -> Result<()> {
     }
     set_tf32(&dev, true);
 
+    // 5. Device sampling draws from the softmax: first-token frequencies of 20,000 sequences against it, by
+    // chi-square at the 1e-6 level, at T = 1 and T = 0.7.
+    let mut sampler = Vec::new();
+    let m = model_on(&cfg, 21, &dev)?;
+    for (_, v) in m.params() {
+        v.set(&(v.as_tensor() * 3.0)?)?;
+    }
+    for temperature in [1.0f32, 0.7] {
+        let c = gpt::device_sampler_chi_square(&m, &[3, 7], 20_000, temperature, 5)?;
+        if !c.passes() {
+            failures.push(format!(
+                "device sampling at T = {temperature} does not follow the softmax: chi-square {:.1} on {} df (bound {:.1})",
+                c.statistic, c.degrees_of_freedom, c.bound
+            ));
+        }
+        sampler.push(json!({ "temperature": temperature, "chi_square": c }));
+    }
+
     let report = json!({
         "device": a.device,
         "parameters_without_gradient": zero,
@@ -162,6 +180,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         "loss_curve_max_rel_diff_tf32": rel_tf32,
         "loss_first_last_cpu": [cpu.first(), cpu.last()],
         "greedy_sequences_equal_to_cpu": agree,
+        "sampler_chi_square": sampler,
         "failures": failures,
         "pass": failures.is_empty(),
     });

@@ -18,9 +18,12 @@ use gpt::Gpt;
 use serde::{Deserialize, Serialize};
 use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, Trainer};
 
-use crate::config::Config;
+use crate::config::{Config, EOT_PROMPT};
 use crate::progress::Progress;
-use crate::rundir::{read_json, round_dir, write_atomic, write_json, RunDir};
+use crate::rundir::{
+    frozen_config, read_json, read_verified, round_dir, write_atomic, write_json, write_verified,
+    RunDir,
+};
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,23 +46,48 @@ pub struct MetricsRow {
     pub heldout_tokens: usize,
     pub second_perplexity: Option<f64>,
     pub generated_docs: usize,
+    /// The text statistics below are of the round's first `stats_docs` generated documents, the same number
+    /// in every round and setting (0 in rows written before that rule: `report` recomputes them).
+    #[serde(default)]
+    pub stats_docs: usize,
     pub gen_mean_words: f64,
     pub gen_distinct_1: f64,
     pub gen_distinct_2: f64,
     pub gen_unigram_entropy: f64,
+    /// Of all generated documents: empty (an immediate `<|endoftext|>`), cut at `max_new_tokens`, and
+    /// holding U+FFFD after decoding (a token sequence that is not valid UTF-8).
+    #[serde(default)]
+    pub gen_empty: usize,
+    #[serde(default)]
+    pub gen_truncated: usize,
+    #[serde(default)]
+    pub gen_replacement_char: usize,
     pub wall_compose_s: f64,
     pub wall_train_s: f64,
     pub wall_eval_s: f64,
     pub wall_generate_s: f64,
 }
 
-/// Training in progress: the latest checkpoint directory and the loss log so far.
+/// Training in progress, saved in each checkpoint directory beside its model and optimizer: the step and
+/// the loss log so far.
 #[derive(Debug, Serialize, Deserialize)]
 struct TrainState {
-    checkpoint: String,
     step: u64,
     losses: Vec<(u64, f64)>,
     wall_s: f64,
+}
+
+/// The newest complete training checkpoint of a round (`ckpt-STEP`; a `.partial` one was never finished).
+fn latest_checkpoint(rd: &Path) -> Option<(PathBuf, u64)> {
+    std::fs::read_dir(rd)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("ckpt-")?.parse::<u64>().ok()?;
+            Some((e.path(), step))
+        })
+        .max_by_key(|(_, step)| *step)
 }
 
 /// A finished training phase.
@@ -80,7 +108,7 @@ struct EvalRecord {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Sample {
+pub struct Sample {
     id: String,
     origin: Origin,
     text: String,
@@ -212,7 +240,9 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         .collect::<corpus::Result<_>>()?;
     let tok_path = dir.root.join("tokenizer.json");
     let tok = if tok_path.exists() {
-        Tokenizer::from_file(&tok_path)?
+        let json = read_verified(&tok_path, "delete it to rebuild the tokenizer")?;
+        Tokenizer::from_json(&String::from_utf8_lossy(&json))
+            .with_context(|| format!("{} is unreadable", tok_path.display()))?
     } else {
         let tok = match TokenizerSpec::parse(&cfg.data.tokenizer)? {
             TokenizerSpec::Train { vocab_size } => {
@@ -225,7 +255,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
             }
             spec => Tokenizer::load(&spec)?,
         };
-        tok.save(&tok_path)?;
+        write_verified(&tok_path, tok.to_json()?.as_bytes())?;
         tok
     };
     eprintln!(
@@ -331,7 +361,7 @@ fn run_round(
     let started = Instant::now();
     let manifest_path = rd.join("manifest.json");
     let manifest = if manifest_path.exists() {
-        Manifest::read(&manifest_path)?
+        read_json::<Manifest>(&manifest_path)?
     } else {
         progress.phase("compose", 1);
         let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
@@ -341,7 +371,7 @@ fn run_round(
             Vec::new()
         };
         let previous = if schedule.accumulate && t > 0 {
-            Some(Manifest::read(
+            Some(read_json::<Manifest>(
                 &dir.round_dir(setting, rep, t - 1).join("manifest.json"),
             )?)
         } else {
@@ -357,7 +387,7 @@ fn run_round(
             previous.as_ref(),
             &synthetic,
         )?;
-        m.write(&manifest_path)?;
+        write_json(&manifest_path, &m)?;
         m
     };
     let wall_compose = started.elapsed().as_secs_f64();
@@ -365,12 +395,7 @@ fn run_round(
     // Phase 2: train model_t from scratch (or from its last checkpoint).
     let model_path = rd.join("model.safetensors");
     let (model, train_rec) = if model_path.exists() {
-        let model = Gpt::load(&model_path, DType::F32, &ctx.device).with_context(|| {
-            format!(
-                "{} is unreadable: delete it to retrain this round",
-                model_path.display()
-            )
-        })?;
+        let model = load_model(&model_path, &ctx.device, "delete it to retrain this round")?;
         if model.config() != &cfg.gpt(ctx.tok.vocab_size()) {
             bail!(
                 "{} holds a model of another config: delete it to retrain this round",
@@ -434,7 +459,12 @@ fn run_round(
     }
     let (wall_meta, generated) = read_samples_file(&samples_path)?;
     let wall_generate = wall_meta.unwrap_or(started.elapsed().as_secs_f64());
-    let stats = TextStats::of(generated.iter().map(|d| d.text.as_str()));
+    let gen = GenerationStats::of(
+        &generated,
+        cfg.generation.min_docs,
+        cfg.generation.max_new_tokens,
+    );
+    let stats = gen.text;
 
     // Phase 5: the round's metrics.
     let rp = &manifest.plan;
@@ -456,17 +486,28 @@ fn run_round(
         heldout_perplexity: eval.heldout.perplexity,
         heldout_tokens: eval.heldout.tokens,
         second_perplexity: eval.second.map(|e| e.perplexity),
-        generated_docs: stats.documents,
+        generated_docs: generated.len(),
+        stats_docs: stats.documents,
         gen_mean_words: stats.mean_words,
         gen_distinct_1: stats.distinct_1,
         gen_distinct_2: stats.distinct_2,
         gen_unigram_entropy: stats.unigram_entropy,
+        gen_empty: gen.empty,
+        gen_truncated: gen.truncated,
+        gen_replacement_char: gen.replacement_char,
         wall_compose_s: wall_compose,
         wall_train_s: train_rec.wall_s,
         wall_eval_s: eval.wall_s,
         wall_generate_s: wall_generate,
     };
     write_json(&rd.join("metrics.json"), &row)
+}
+
+/// Reads a model written by the pipeline, checking its SHA-256; `remedy` says what to delete.
+fn load_model(path: &Path, device: &Device, remedy: &str) -> Result<Gpt> {
+    let bytes = read_verified(path, remedy)?;
+    Gpt::from_safetensors(&bytes, &path.display().to_string(), DType::F32, device)
+        .with_context(|| format!("{} is unreadable: {remedy}", path.display()))
 }
 
 /// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>`.
@@ -528,29 +569,24 @@ fn train_phase(
     let gcfg = cfg.gpt(ctx.tok.vocab_size());
     let seed = cfg.experiment.seed;
     let batch_seed = derive_seed(seed, &[&"batches", &rep, &t]);
-    let state_path = rd.join("train-state.json");
-    let (mut trainer, mut losses, wall_before) = if state_path.exists() {
-        let st: TrainState = read_json(&state_path)?;
-        let ck = rd.join(&st.checkpoint);
-        let bad = |what: &str| {
-            format!(
-                "{} is unreadable: delete {} and {} to redo this round's training",
-                ck.join(what).display(),
-                ck.display(),
-                state_path.display()
-            )
-        };
-        let model = Gpt::load(&ck.join("model.safetensors"), DType::F32, &ctx.device)
-            .with_context(|| bad("model.safetensors"))?;
+    let (mut trainer, mut losses, wall_before) = if let Some((ck, _)) = latest_checkpoint(rd) {
+        let bad = || format!("delete {} to redo this round's training", ck.display());
+        let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
+        let model = load_model(&ck.join("model.safetensors"), &ctx.device, &bad())?;
         if model.config() != &gcfg {
             bail!(
-                "{} holds a model of another config: delete it and {}",
+                "{} holds a model of another config: {}",
                 ck.display(),
-                state_path.display()
+                bad()
             );
         }
-        let opt = AdamW::load(&ck.join("optimizer.safetensors"), model.params())
-            .with_context(|| bad("optimizer.safetensors"))?;
+        let opt_path = ck.join("optimizer.safetensors");
+        let opt = AdamW::from_safetensors(
+            &read_verified(&opt_path, &bad())?,
+            &opt_path.display().to_string(),
+            model.params(),
+        )
+        .with_context(|| format!("{} is unreadable: {}", opt_path.display(), bad()))?;
         if opt.steps_taken() != st.step {
             bail!(
                 "{}: optimizer at step {}, state says {}: delete the checkpoint to redo training",
@@ -616,46 +652,51 @@ fn train_phase(
     };
     write_json(&rd.join("train.json"), &rec)?;
     if cfg.training.keep_optimizer_state {
-        trainer.opt.save(&rd.join("optimizer.safetensors"))?;
+        write_verified(
+            &rd.join("optimizer.safetensors"),
+            &trainer.opt.to_safetensors()?,
+        )?;
     }
-    trainer
-        .model
-        .save(&rd.join("model.safetensors"))
-        .context("cannot write the round's model (disk full?)")?;
+    write_verified(
+        &rd.join("model.safetensors"),
+        &trainer.model.to_safetensors()?,
+    )
+    .context("cannot write the round's model")?;
     remove_checkpoints(rd, None)?;
-    let _ = std::fs::remove_file(&state_path);
     Ok((trainer.model, rec))
 }
 
-/// Writes model and optimizer into a new directory, then points `train-state.json` at it: a crash at any
-/// moment leaves the previous checkpoint valid.
+/// Writes model, optimizer and training state into a new directory and renames it into place: a crash at
+/// any moment leaves the previous checkpoint valid. No file is ever overwritten, so each keeps the SHA-256
+/// written beside it.
 fn save_checkpoint(rd: &Path, trainer: &Trainer, losses: &[(u64, f64)], wall_s: f64) -> Result<()> {
     let name = format!("ckpt-{}", trainer.step());
     let partial = rd.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    trainer
-        .model
-        .save(&partial.join("model.safetensors"))
-        .context("cannot write a training checkpoint (disk full?)")?;
-    trainer
-        .opt
-        .save(&partial.join("optimizer.safetensors"))
-        .context("cannot write a training checkpoint (disk full?)")?;
-    let done = rd.join(&name);
-    let _ = std::fs::remove_dir_all(&done);
-    std::fs::rename(&partial, &done)
-        .with_context(|| format!("cannot rename {}", partial.display()))?;
+    write_verified(
+        &partial.join("model.safetensors"),
+        &trainer.model.to_safetensors()?,
+    )
+    .context("cannot write a training checkpoint")?;
+    write_verified(
+        &partial.join("optimizer.safetensors"),
+        &trainer.opt.to_safetensors()?,
+    )
+    .context("cannot write a training checkpoint")?;
     write_json(
-        &rd.join("train-state.json"),
+        &partial.join("state.json"),
         &TrainState {
-            checkpoint: name.clone(),
             step: trainer.step(),
             losses: losses.to_vec(),
             wall_s,
         },
     )?;
+    let done = rd.join(&name);
+    let _ = std::fs::remove_dir_all(&done);
+    std::fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {}", partial.display()))?;
     remove_checkpoints(rd, Some(&name))
 }
 
@@ -684,6 +725,17 @@ fn generate_phase(
 ) -> Result<()> {
     let cfg = &ctx.cfg;
     let gc = cfg.generate(ctx.tok.eot());
+    let prompt = if cfg.generation.prompt == EOT_PROMPT {
+        vec![ctx.tok.eot()]
+    } else {
+        ctx.tok.encode(&cfg.generation.prompt)?
+    };
+    if prompt.is_empty() {
+        bail!(
+            "generation.prompt {:?} encodes to no tokens",
+            cfg.generation.prompt
+        );
+    }
     let seed = derive_seed(cfg.experiment.seed, &[&"generate", &rep, &t]);
     let model_ref = rd
         .join("model.safetensors")
@@ -697,7 +749,7 @@ fn generate_phase(
     let mut new_tokens = 0usize;
     for start in (0..count).step_by(cfg.generation.batch_size) {
         let n = cfg.generation.batch_size.min(count - start);
-        let seqs = gpt::generate(model, &[ctx.tok.eot()], n, &gc, seed, start as u64)?;
+        let seqs = gpt::generate(model, &prompt, n, &gc, seed, start as u64)?;
         for (i, s) in seqs.iter().enumerate() {
             new_tokens += s.len();
             let d = Document::synthetic(rep, t, start + i, &model_ref, ctx.tok.decode(s)?);
@@ -718,6 +770,8 @@ fn generate_phase(
     let mut body = Vec::new();
     {
         let mut enc = zstd::Encoder::new(&mut body, 3)?;
+        // zstd's own frame checksum, beside the file's SHA-256: the file also stands alone.
+        enc.include_checksum(true)?;
         writeln!(
             enc,
             "{}",
@@ -728,21 +782,23 @@ fn generate_phase(
         }
         enc.finish()?;
     }
-    write_atomic(path, &body)
+    write_verified(path, &body)
 }
 
 fn read_samples_lines(path: &Path) -> Result<Vec<String>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let dec = zstd::Decoder::new(f)
-        .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))?;
+    let remedy = "delete it to regenerate";
+    let bytes = read_verified(path, remedy)?;
+    let corrupt =
+        |e: std::io::Error| anyhow::anyhow!("{} is corrupt ({e}): {remedy}", path.display());
+    let dec = zstd::Decoder::new(bytes.as_slice()).map_err(corrupt)?;
     BufReader::new(dec)
         .lines()
         .collect::<std::io::Result<_>>()
-        .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))
+        .map_err(corrupt)
 }
 
 /// A round's generated documents, in generation order, and the generation phase's wall time (its first line).
-fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Document>)> {
+pub fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Sample>)> {
     let mut lines = read_samples_lines(path)?.into_iter();
     let meta = lines
         .next()
@@ -750,14 +806,8 @@ fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Document>)> {
     let wall = meta.and_then(|m| m["meta"]["wall_s"].as_f64());
     let docs = lines
         .map(|l| {
-            let s: Sample = serde_json::from_str(&l).with_context(|| {
-                format!("{} is corrupt: delete it to regenerate", path.display())
-            })?;
-            Ok(Document {
-                id: s.id,
-                text: s.text,
-                origin: s.origin,
-            })
+            serde_json::from_str::<Sample>(&l)
+                .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))
         })
         .collect::<Result<_>>()?;
     Ok((wall, docs))
@@ -765,7 +815,66 @@ fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Document>)> {
 
 /// The synthetic documents of a round, in the order they were generated.
 pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
-    Ok(read_samples_file(path)?.1)
+    Ok(read_samples_file(path)?
+        .1
+        .into_iter()
+        .map(|s| Document {
+            id: s.id,
+            text: s.text,
+            origin: s.origin,
+        })
+        .collect())
+}
+
+/// What a round's generated documents look like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    /// Of the first `stats_docs` documents only. Distinct-n falls and plug-in entropy rises with the number
+    /// of documents measured, and a round generates n, (t+1)n or `min_docs` of them depending on the
+    /// setting and round: statistics of all of them would compare samples of different sizes. Each
+    /// document is an independent draw from the round's model (its own RNG stream), so the first
+    /// `stats_docs` are a uniformly random subset of fixed size, and the same documents however many more
+    /// the round generated.
+    pub text: TextStats,
+    pub empty: usize,
+    pub truncated: usize,
+    pub replacement_char: usize,
+}
+
+impl GenerationStats {
+    pub fn of(samples: &[Sample], stats_docs: usize, max_new_tokens: usize) -> Self {
+        let text = TextStats::of(samples.iter().take(stats_docs).map(|s| s.text.as_str()));
+        let count = |f: &dyn Fn(&Sample) -> bool| samples.iter().filter(|s| f(s)).count();
+        Self {
+            text,
+            empty: count(&|s| s.new_tokens == 0),
+            truncated: count(&|s| s.new_tokens >= max_new_tokens),
+            replacement_char: count(&|s| s.text.contains('\u{FFFD}')),
+        }
+    }
+}
+
+/// Recomputes a row's generation statistics from its round's samples when they were measured under another
+/// rule (rows written before fixed-size statistics, or another `min_docs`).
+pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow) -> Result<()> {
+    let want = cfg.generation.min_docs;
+    if row.stats_docs == want.min(row.generated_docs) && row.stats_docs > 0 {
+        return Ok(());
+    }
+    let setting = Setting::parse(&row.setting)?;
+    let path = round_dir(root, setting, row.repetition, row.round).join("samples.jsonl.zst");
+    let (_, samples) = read_samples_file(&path)?;
+    let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
+    row.generated_docs = samples.len();
+    row.stats_docs = g.text.documents;
+    row.gen_mean_words = g.text.mean_words;
+    row.gen_distinct_1 = g.text.distinct_1;
+    row.gen_distinct_2 = g.text.distinct_2;
+    row.gen_unigram_entropy = g.text.unigram_entropy;
+    row.gen_empty = g.empty;
+    row.gen_truncated = g.truncated;
+    row.gen_replacement_char = g.replacement_char;
+    Ok(())
 }
 
 /// Every finished round's metrics, sorted by (setting, repetition, round).
@@ -803,8 +912,7 @@ fn rebuild_metrics(root: &Path) -> Result<()> {
 
 /// Where each (setting, repetition) stands: rounds finished and the phase of the next one.
 pub fn status(root: &Path) -> Result<String> {
-    let cfg = Config::load(&root.join("config.toml"))
-        .with_context(|| format!("{} is not a run directory", root.display()))?;
+    let cfg = frozen_config(root)?;
     let mut out = format!("{:<16} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
     for s in cfg.settings()? {
         for rep in 0..cfg.experiment.repetitions {
@@ -826,8 +934,8 @@ pub fn status(root: &Path) -> Result<String> {
                 } else {
                     "compose"
                 };
-                let step = read_json::<TrainState>(&rd.join("train-state.json"))
-                    .map(|s| format!(" (checkpoint at step {})", s.step))
+                let step = latest_checkpoint(&rd)
+                    .map(|(_, s)| format!(" (checkpoint at step {s})"))
                     .unwrap_or_default();
                 format!("round {done}: {phase}{step}")
             };

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
-use crate::pipeline::{collect_metrics, MetricsRow};
-use crate::rundir::write_atomic;
+use crate::pipeline::{collect_metrics, refresh_generation_stats, MetricsRow};
+use crate::rundir::{frozen_config, write_atomic};
 
 /// Mean and 95% confidence interval (Student t) of one setting at one round.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,7 +206,11 @@ fn html_table(md: &str) -> String {
 
 /// Writes `DIR/metrics.csv` and `DIR/report/{perplexity.png, perplexity.svg, summary.md, report.html}`.
 pub fn report(root: &Path) -> Result<PathBuf> {
-    let rows = collect_metrics(root)?;
+    let cfg = frozen_config(root)?;
+    let mut rows = collect_metrics(root)?;
+    for r in &mut rows {
+        refresh_generation_stats(root, &cfg, r)?;
+    }
     if rows.is_empty() {
         bail!("{} has no finished round yet: run `collapse-lab run` first (or wait for its first round)", root.display());
     }

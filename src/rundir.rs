@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use corpus::Setting;
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
@@ -54,9 +55,7 @@ impl RunDir {
         };
         let frozen = dir.root.join("config.toml");
         if frozen.exists() {
-            let old = Config::load(&frozen).with_context(|| {
-                format!("the frozen config of {} is unreadable", root.display())
-            })?;
+            let old = frozen_config(root)?;
             let diff = old.diff(cfg);
             if !diff.is_empty() {
                 bail!(
@@ -66,7 +65,7 @@ impl RunDir {
                 );
             }
         } else {
-            write_atomic(&frozen, cfg.to_toml().as_bytes())?;
+            write_verified(&frozen, cfg.to_toml().as_bytes())?;
         }
         Ok(dir)
     }
@@ -76,6 +75,23 @@ impl RunDir {
     }
 }
 
+/// The config frozen in a run directory, checked against its SHA-256.
+pub fn frozen_config(root: &Path) -> Result<Config> {
+    let frozen = root.join("config.toml");
+    if !frozen.exists() {
+        bail!(
+            "{} is not a run directory (it has no config.toml)",
+            root.display()
+        );
+    }
+    let text = read_verified(&frozen, "restore it, or start a new run in another --out")?;
+    Config::parse(
+        &String::from_utf8_lossy(&text),
+        &frozen.display().to_string(),
+    )
+    .with_context(|| format!("the frozen config of {} is unreadable", root.display()))
+}
+
 pub fn round_dir(root: &Path, setting: Setting, rep: usize, round: usize) -> PathBuf {
     root.join(setting.name())
         .join(format!("rep-{rep}"))
@@ -83,7 +99,8 @@ pub fn round_dir(root: &Path, setting: Setting, rep: usize, round: usize) -> Pat
 }
 
 /// Temp file in the same directory, fsync, rename, fsync of the directory: a crash (or a full disk) leaves
-/// the previous file or the new one.
+/// the previous file or the new one. For files nothing reads back (reports, the metrics index); whatever a
+/// run reads back goes through [`write_verified`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -96,16 +113,72 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+/// `FILE.sha256` beside `FILE`, in `sha256sum` format, so `sha256sum -c` checks a run directory by hand too.
+pub fn checksum_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    path.with_file_name(name)
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Writes `bytes` atomically with its SHA-256 beside it. The checksum goes first: a crash between the two
+/// leaves a checksum without its file, which is a phase not yet done, never a file that cannot be checked.
+pub fn write_verified(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let line = format!("{}  {name}\n", sha256_hex(bytes));
+    write_atomic(&checksum_path(path), line.as_bytes())?;
+    write_atomic(path, bytes)
+}
+
+/// Reads a file written by [`write_verified`] and checks it against its recorded SHA-256; a mismatch is an
+/// error that names the file and ends with `remedy` (what to delete). A file without a checksum (a run
+/// directory from before checksums) is read with a warning, once per process.
+pub fn read_verified(path: &Path, remedy: &str) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sum_path = checksum_path(path);
+    match std::fs::read_to_string(&sum_path) {
+        Ok(line) => {
+            let want = line.split_whitespace().next().unwrap_or_default();
+            let got = sha256_hex(&bytes);
+            if want != got {
+                bail!(
+                    "{} is corrupt (its SHA-256 is {}…, {} recorded {}…): {remedy}",
+                    path.display(),
+                    &got[..12],
+                    sum_path.display(),
+                    want.get(..12).unwrap_or(want)
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!(
+                    "[collapse-lab] warning: {} has no checksum (written before checksums were recorded); files without one are read unverified",
+                    path.display()
+                )
+            });
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", sum_path.display()));
+        }
+    }
+    Ok(bytes)
+}
+
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_verified(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+/// Reads JSON written by [`write_json`]; a failed checksum or parse names the file and says to delete it.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let s =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&s).with_context(|| {
-        format!(
-            "{} is corrupt: delete it to redo that phase",
+    let bytes = read_verified(path, "delete it to redo that phase")?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is corrupt ({e}): delete it to redo that phase",
             path.display()
         )
     })

@@ -315,7 +315,7 @@ fn report_and_status_work_on_a_partial_run() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
     let e = error_line(&f.run(&["report", "nowhere"]));
-    assert!(e.contains("no finished round"), "{e}");
+    assert!(e.contains("nowhere is not a run directory"), "{e}");
 }
 
 #[test]
@@ -402,8 +402,8 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
     std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
     let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
     assert!(
-        e.contains("model.safetensors is unreadable: delete it")
-            && e.contains("truncated or corrupt"),
+        e.contains("model.safetensors is corrupt (its SHA-256")
+            && e.contains("delete it to retrain this round"),
         "{e}"
     );
     let e = error_line(&f.run(&["generate", model.to_str().unwrap()]));
@@ -438,6 +438,11 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
         std::fs::remove_file(rd.join(p)).unwrap();
     }
     std::fs::copy(&theirs, &model).unwrap();
+    std::fs::copy(
+        other.join("accumulate/rep-0/round-1/model.safetensors.sha256"),
+        rd.join("model.safetensors.sha256"),
+    )
+    .unwrap();
     let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
     assert!(e.contains("another config"), "{e}");
     std::fs::remove_file(&model).unwrap();
@@ -468,7 +473,12 @@ fn a_full_disk_during_a_checkpoint_loses_nothing() {
         .success());
     let reference = metrics(&f.path("ref"));
     std::fs::create_dir(f.path("full")).unwrap();
-    for p in ["config.toml", "tokenizer.json"] {
+    for p in [
+        "config.toml",
+        "config.toml.sha256",
+        "tokenizer.json",
+        "tokenizer.json.sha256",
+    ] {
         std::fs::copy(f.path("ref").join(p), f.path("full").join(p)).unwrap();
     }
     // Files may not grow past 8 KB: the manifest fits, the first checkpoint does not. Writes then fail with
@@ -491,14 +501,194 @@ fn a_full_disk_during_a_checkpoint_loses_nothing() {
     let rd = f.path("full/synthetic-only/rep-0/round-0");
     assert!(rd.join("manifest.json").exists());
     assert!(
-        !rd.join("train-state.json").exists(),
-        "no pointer to a torn checkpoint"
+        std::fs::read_dir(&rd).unwrap().flatten().all(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !n.starts_with("ckpt-") || n.ends_with(".partial")
+        }),
+        "no torn checkpoint passes for a finished one"
     );
     assert!(f
         .run(&["run", "config.toml", "--out", "full"])
         .status
         .success());
     assert_eq!(metrics(&f.path("full")), reference);
+}
+
+/// Text statistics are measured on the first `min_docs` generated documents of every round, however many
+/// the round generated; rows written before that rule (no `stats_docs`, no checksum) are recomputed by
+/// `report`. Every row counts empty, cut and U+FFFD documents.
+#[test]
+fn text_statistics_use_the_same_number_of_documents_everywhere() {
+    let f = Fixture::new();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    let rows = metrics(&f.path("r"));
+    let generated: std::collections::BTreeSet<u64> = rows
+        .iter()
+        .map(|r| r["generated_docs"].as_u64().unwrap())
+        .collect();
+    assert!(
+        generated.len() > 1,
+        "rounds generate different numbers of documents: {generated:?}"
+    );
+    for r in &rows {
+        assert_eq!(r["stats_docs"], 4, "{r}");
+        let counted =
+            ["gen_empty", "gen_truncated", "gen_replacement_char"].map(|k| r[k].as_u64().unwrap());
+        assert!(
+            counted
+                .iter()
+                .all(|&c| c <= r["generated_docs"].as_u64().unwrap()),
+            "{r}"
+        );
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["gen_truncated"].as_u64().unwrap() > 0),
+        "a 24-token limit cuts some documents"
+    );
+
+    // An old row: statistics of all documents, no stats_docs, no checksum.
+    let m = f.path("r/decaying-alpha/rep-0/round-2/metrics.json");
+    let mut old: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    let want = old["gen_distinct_1"].clone();
+    old.as_object_mut().unwrap().remove("stats_docs");
+    old["gen_distinct_1"] = serde_json::json!(0.123);
+    std::fs::write(&m, serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::remove_file(f.path("r/decaying-alpha/rep-0/round-2/metrics.json.sha256")).unwrap();
+    let o = f.run(&["report", "r"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(f.path("r/metrics.csv")).unwrap();
+    let mut rd = csv::Reader::from_reader(csv.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let row = rd
+        .records()
+        .map(|r| r.unwrap())
+        .find(|r| &r[col("setting")] == "decaying-alpha" && &r[col("round")] == "2")
+        .unwrap();
+    assert_eq!(&row[col("stats_docs")], "4");
+    assert_eq!(
+        row[col("gen_distinct_1")].parse::<f64>().unwrap(),
+        want.as_f64().unwrap()
+    );
+}
+
+/// Flips one bit of `path` in its middle; returns the original bytes.
+fn flip_a_bit(path: &Path) -> Vec<u8> {
+    let orig = std::fs::read(path).unwrap();
+    let mut bytes = orig.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+    orig
+}
+
+/// One flipped bit in any file a run reads back is an error that names the file and what to delete; with
+/// the file restored the run finishes with the same metrics. A corrupt token cache is rebuilt.
+#[test]
+fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
+    let f = Fixture::new();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    let reference = metrics(&f.path("r"));
+    let rd = f.path("r/accumulate/rep-0/round-1");
+    for (file, remedy) in [
+        ("config.toml", "another --out"),
+        ("tokenizer.json", "delete it"),
+        ("accumulate/rep-0/round-1/manifest.json", "delete it"),
+        ("accumulate/rep-0/round-1/model.safetensors", "delete it"),
+        ("accumulate/rep-0/round-1/train.json", "delete it"),
+        ("accumulate/rep-0/round-1/eval.json", "delete it"),
+        ("accumulate/rep-0/round-1/samples.jsonl.zst", "delete it"),
+        ("accumulate/rep-0/round-0/manifest.json", "delete it"),
+        ("accumulate/rep-0/round-0/samples.jsonl.zst", "delete it"),
+    ] {
+        // Re-entering every round of the chain, and composing round 2 again from round 1's manifest and
+        // samples.
+        for p in [
+            "round-0/metrics.json",
+            "round-1/metrics.json",
+            "round-2/metrics.json",
+            "round-2/manifest.json",
+        ] {
+            let _ = std::fs::remove_file(f.path("r/accumulate/rep-0").join(p));
+        }
+        let path = f.path("r").join(file);
+        let orig = flip_a_bit(&path);
+        let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
+        assert!(
+            e.contains(&format!("r/{file} is corrupt")) && e.contains(remedy),
+            "{file}: {e}"
+        );
+        std::fs::write(&path, orig).unwrap();
+    }
+    assert!(rd.exists());
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    assert_eq!(metrics(&f.path("r")), reference);
+
+    // A mid-training checkpoint: stop a run once one exists, flip a bit in its model, then its optimizer.
+    let mut child = f
+        .cmd(&["run", "config.toml", "--out", "k"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let round0 = f.path("k/synthetic-only/rep-0/round-0");
+    let finished_checkpoint = || {
+        std::fs::read_dir(&round0).ok().and_then(|d| {
+            d.flatten().map(|e| e.path()).find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with("ckpt-") && !n.ends_with(".partial")
+            })
+        })
+    };
+    while finished_checkpoint().is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ck = finished_checkpoint().expect("a finished checkpoint");
+    for file in ["state.json", "model.safetensors", "optimizer.safetensors"] {
+        let path = ck.join(file);
+        let orig = flip_a_bit(&path);
+        let e = error_line(&f.run(&["run", "config.toml", "--out", "k"]));
+        let rel = path.strip_prefix(f.dir.path()).unwrap();
+        assert!(
+            e.contains(&format!("{} is corrupt", rel.display()))
+                && e.contains("to redo this round's training"),
+            "{file}: {e}"
+        );
+        std::fs::write(&path, orig).unwrap();
+    }
+
+    // The token cache: reported, rebuilt, and the run is unchanged.
+    let cache = std::fs::read_dir(f.path("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tokens-")
+        })
+        .expect("a token cache file");
+    flip_a_bit(&cache);
+    let o = f.run(&["run", "config.toml", "--out", "k"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fails its checksum"), "{}", stderr(&o));
+    assert_eq!(metrics(&f.path("k")), reference);
 }
 
 #[test]

@@ -90,8 +90,8 @@ impl Tokenizer {
                         .and_then(|api| api.model(repo.clone()).get("tokenizer.json"))
                         .map_err(|e| {
                             Error::Tokenizer(format!(
-                                "cannot fetch tokenizer.json of {repo} from the Hub ({e}); offline? use a local \
-                                 tokenizer.json, e.g. ../shared/data/gpt2/tokenizer.json"
+                                "cannot fetch tokenizer.json of {repo} from the Hub ({e}); offline? pass a local \
+                                 tokenizer.json, or a folder with vocab.json + merges.txt (--tokenizer)"
                             ))
                         })?,
                 };
@@ -221,7 +221,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+    // 0666 less the umask, as for any other file: tempfile's default 0600 would make a shared run directory
+    // unreadable to the rest of a cluster group.
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(Error::io(dir))?;
     tmp.write_all(bytes).map_err(Error::io(path))?;
     tmp.as_file().sync_all().map_err(Error::io(path))?;
     tmp.persist(path).map_err(|e| Error::Io {
@@ -232,12 +240,13 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Tokenised corpora on disk, keyed by everything that determines them, so a second start does not
-/// tokenise again. Files: `MAGIC`, document count, token width (2 or 4 bytes), per-document lengths, tokens.
+/// tokenise again. Files: `MAGIC`, document count, token width (2 or 4 bytes), per-document lengths, tokens,
+/// and the SHA-256 of everything before it: a cache that fails it is reported and rebuilt, never used.
 pub struct TokenCache {
     dir: PathBuf,
 }
 
-const MAGIC: &[u8; 8] = b"CLTOKv01";
+const MAGIC: &[u8; 8] = b"CLTOKv02";
 
 impl TokenCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -271,7 +280,17 @@ impl TokenCache {
 
     /// The cached tokens of `n_docs` documents under `key`, if present and intact.
     pub fn get(&self, key: &str, n_docs: usize) -> Option<Vec<Vec<u32>>> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
+        let path = self.path(key);
+        let mut bytes = std::fs::read(&path).ok()?;
+        let body_len = bytes.len().checked_sub(32)?;
+        if Sha256::digest(&bytes[..body_len]).as_slice() != &bytes[body_len..] {
+            eprintln!(
+                "[collapse-lab] token cache {} fails its checksum: tokenising again",
+                path.display()
+            );
+            return None;
+        }
+        bytes.truncate(body_len);
         let rd = |at: usize, n: usize| bytes.get(at..at + n);
         if rd(0, 8)? != MAGIC {
             return None;
@@ -328,6 +347,8 @@ impl TokenCache {
                 bytes.extend_from_slice(&t.to_le_bytes());
             }
         }
+        let sum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&sum);
         write_atomically(&self.path(key), &bytes)
     }
 }

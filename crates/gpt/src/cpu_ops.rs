@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 use crate::fused::{contiguous_slice, dtype_of, gemm_into_with, Real};
 
-/// Rows per parallel task in the row-wise kernels.
-const ROWS_PER_TASK: usize = 64;
+/// Rows per parallel task in the row-wise kernels (LayerNorm's default: [`crate::Chunking`]).
+pub(crate) const ROWS_PER_TASK: usize = 64;
 
 /// Reads a CPU tensor as a contiguous slice and runs `f` on it.
 fn with_slice<T: Real + candle_core::WithDType, R>(
@@ -89,6 +89,8 @@ impl CustomOp1 for Gelu {
 /// LayerNorm over the last dimension of `x` `[N, C]` with weight and bias `[C]`.
 pub(crate) struct LayerNormOp {
     pub eps: f64,
+    /// Rows per parallel task; the backward pass sums dw and db per task, then across tasks in order.
+    pub rows_per_task: usize,
 }
 
 fn row_stats<T: Real>(row: &[T], eps: f64) -> (T, T) {
@@ -112,8 +114,8 @@ impl LayerNormOp {
         );
         let c = w.len();
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(c * ROWS_PER_TASK)
-            .zip(x.par_chunks(c * ROWS_PER_TASK))
+        y.par_chunks_mut(c * self.rows_per_task)
+            .zip(x.par_chunks(c * self.rows_per_task))
             .for_each(|(y, x)| {
                 for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
                     let (mean, rstd) = row_stats(xr, self.eps);
@@ -138,10 +140,10 @@ impl LayerNormOp {
                     let mut dx = vec![T::zero(); x.len()];
                     // Per-task partial sums of dw and db, added in task order: deterministic.
                     let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
-                        .par_chunks_mut(c * ROWS_PER_TASK)
+                        .par_chunks_mut(c * self.rows_per_task)
                         .zip(
-                            x.par_chunks(c * ROWS_PER_TASK)
-                                .zip(dy.par_chunks(c * ROWS_PER_TASK)),
+                            x.par_chunks(c * self.rows_per_task)
+                                .zip(dy.par_chunks(c * self.rows_per_task)),
                         )
                         .map(|(dx, (x, dy))| {
                             let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);

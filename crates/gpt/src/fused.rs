@@ -368,17 +368,22 @@ pub(crate) type Grads<T> = (Vec<T>, Vec<T>);
 
 /// Sum of next-token NLL of `h (n x c) . w^T (c x v)` against `targets`, and, if asked, the gradients of the
 /// MEAN loss with respect to `h` and `w`.
+/// `chunk_rows` caps the rows per chunk (tests use a few, to cover several chunks and a ragged last one);
+/// `None` sizes chunks by [`CHUNK_BYTES`].
 pub(crate) fn lce_kernel<T: Real>(
     h: &[T],
     w: &[T],
     targets: &[u32],
     (n, c, v): (usize, usize, usize),
     with_grads: bool,
+    chunk_rows: Option<usize>,
 ) -> (f64, Option<Grads<T>>) {
     assert_eq!(h.len(), n * c);
     assert_eq!(w.len(), v * c);
     assert_eq!(targets.len(), n);
-    let rows_max = (CHUNK_BYTES / (v * std::mem::size_of::<T>())).clamp(1, n.max(1));
+    let rows_max = chunk_rows
+        .unwrap_or(CHUNK_BYTES / (v * std::mem::size_of::<T>()))
+        .clamp(1, n.max(1));
     let n_chunks = n.div_ceil(rows_max).max(1);
     let rows_per_chunk = n.div_ceil(n_chunks).max(1);
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -478,13 +483,15 @@ pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
 /// Mean cross-entropy of `h . w^T` as a candle op whose gradients are computed in the forward pass.
 pub(crate) struct LinearCrossEntropy {
     pub targets: Arc<Vec<u32>>,
+    chunk_rows: Option<usize>,
     grads: Mutex<Option<(Tensor, Tensor)>>,
 }
 
 impl LinearCrossEntropy {
-    pub fn new(targets: Vec<u32>) -> Self {
+    pub fn new(targets: Vec<u32>, chunk_rows: Option<usize>) -> Self {
         Self {
             targets: Arc::new(targets),
+            chunk_rows,
             grads: Mutex::new(None),
         }
     }
@@ -509,7 +516,7 @@ impl LinearCrossEntropy {
         }
         let h = contiguous_slice::<T>(s1, l1)?;
         let w = contiguous_slice::<T>(s2, l2)?;
-        let (sum, grads) = lce_kernel(h, w, &self.targets, (n, c, v), true);
+        let (sum, grads) = lce_kernel(h, w, &self.targets, (n, c, v), true, self.chunk_rows);
         let (dh, dw) = grads.expect("grads requested");
         let dh = Tensor::from_vec(dh, (n, c), &Device::Cpu)?;
         let dw = Tensor::from_vec(dw, (v, c), &Device::Cpu)?;
@@ -562,6 +569,7 @@ pub fn linear_cross_entropy_sum(
     h: &Tensor,
     w: &Tensor,
     targets: &[u32],
+    chunk_rows: Option<usize>,
 ) -> candle_core::Result<f64> {
     let (n, c) = h.dims2()?;
     let (v, _) = w.dims2()?;
@@ -583,6 +591,7 @@ pub fn linear_cross_entropy_sum(
                 targets,
                 (n, c, v),
                 false,
+                chunk_rows,
             )
             .0
         }
@@ -593,6 +602,7 @@ pub fn linear_cross_entropy_sum(
                 targets,
                 (n, c, v),
                 false,
+                chunk_rows,
             )
             .0
         }
@@ -668,7 +678,7 @@ mod tests {
             .map(|i| ((i * 5 % 13) as f64 - 6.0) * 0.2)
             .collect();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 3) % v as u32).collect();
-        let (sum, grads) = lce_kernel(&h, &w, &targets, (n, c, v), true);
+        let (sum, grads) = lce_kernel(&h, &w, &targets, (n, c, v), true, None);
         let (dh, dw) = grads.unwrap();
         let mut want = 0.0;
         let mut want_dh = vec![0.0; n * c];

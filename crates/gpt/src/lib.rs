@@ -12,8 +12,14 @@ mod sample;
 
 pub use config::GptConfig;
 pub use fused::{fast_exp_slice, linear_cross_entropy_sum};
-pub use model::{atomic_write, load_safetensors, save_safetensors, Gpt, KvCache};
-pub use sample::{generate, generate_on_device, Decoder, GenerateConfig, Sampler};
+pub use model::{
+    atomic_write, deserialize_safetensors, load_safetensors, save_safetensors,
+    serialize_safetensors, Chunking, Gpt, KvCache,
+};
+pub use sample::{
+    device_sampler_chi_square, generate, generate_on_device, gumbel_argmax, ChiSquare, Decoder,
+    GenerateConfig, Sampler, GUMBEL_U_MAX, GUMBEL_U_MIN,
+};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

@@ -59,15 +59,20 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor, cpu_kernels: bool, grad: bool) -> Result<Tensor> {
+    /// `cpu_kernels` carries the CPU kernel's rows per task when it is on.
+    fn forward(&self, x: &Tensor, cpu_kernels: Option<usize>, grad: bool) -> Result<Tensor> {
         let w = param(&self.weight, grad);
         let b = self.bias.as_ref().map(|b| param(b, grad));
-        if cpu_kernels {
+        if let Some(rows_per_task) = cpu_kernels {
             let bias = match &b {
                 Some(b) => b.clone(),
                 None => w.zeros_like()?,
             };
-            return Ok(x.apply_op3(&w, &bias, LayerNormOp { eps: LN_EPS })?);
+            let op = LayerNormOp {
+                eps: LN_EPS,
+                rows_per_task,
+            };
+            return Ok(x.apply_op3(&w, &bias, op)?);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -282,6 +287,26 @@ pub struct Gpt {
     params: Vec<(String, Var)>,
     /// Use the CPU kernels of `cpu_ops` and `fused` where they apply (on by default).
     cpu_kernels: bool,
+    chunking: Chunking,
+}
+
+/// How the CPU kernels split their work. Results do not depend on it beyond rounding; the tests set small
+/// values so several chunks (and a ragged last one) are finite-difference checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunking {
+    /// Rows per chunk of the fused `lm_head` + cross-entropy; `None` sizes chunks to 192 MB of logits.
+    pub lce_rows: Option<usize>,
+    /// Rows per parallel task of LayerNorm (each task's partial sums of dw and db are added in order).
+    pub layer_norm_rows: usize,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self {
+            lce_rows: None,
+            layer_norm_rows: crate::cpu_ops::ROWS_PER_TASK,
+        }
+    }
 }
 
 /// How a parameter is initialised (nanoGPT's `_init_weights` plus its scaled residual projections).
@@ -412,6 +437,7 @@ impl Gpt {
             ln_f: ln("transformer.ln_f"),
             params,
             cpu_kernels: true,
+            chunking: Chunking::default(),
         })
     }
 
@@ -419,6 +445,11 @@ impl Gpt {
     /// must agree, which the tests check.
     pub fn set_cpu_kernels(&mut self, on: bool) {
         self.cpu_kernels = on;
+    }
+
+    /// Sets how the CPU kernels split their work.
+    pub fn set_chunking(&mut self, chunking: Chunking) {
+        self.chunking = chunking;
     }
 
     pub fn config(&self) -> &GptConfig {
@@ -479,10 +510,11 @@ impl Gpt {
             c.layers.resize_with(self.h.len(), || None);
         }
         let k = self.uses_fused_cpu_kernel();
+        let ln = k.then_some(self.chunking.layer_norm_rows);
         for (l, block) in self.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = block.attn.forward(
-                &block.ln_1.forward(&x, k, grad)?,
+                &block.ln_1.forward(&x, ln, grad)?,
                 (b, t),
                 slot,
                 (past, capacity),
@@ -493,13 +525,13 @@ impl Gpt {
             let m =
                 block
                     .mlp
-                    .forward(&block.ln_2.forward(&x, k, grad)?, &mut dropout, (k, grad))?;
+                    .forward(&block.ln_2.forward(&x, ln, grad)?, &mut dropout, (k, grad))?;
             x = (x + m)?;
         }
         if let Some(c) = cache {
             c.len = past + t;
         }
-        self.ln_f.forward(&x, k, grad)
+        self.ln_f.forward(&x, ln, grad)
     }
 
     /// Logits `[B, T, vocab]` of a full forward pass (no cache), as nanoGPT's `forward` returns with targets.
@@ -541,7 +573,7 @@ impl Gpt {
         let h = self.hidden(idx, None, dropout, true)?;
         let targets = targets.flatten_all()?;
         if self.uses_fused_cpu_kernel() {
-            let op = LinearCrossEntropy::new(targets.to_vec1::<u32>()?);
+            let op = LinearCrossEntropy::new(targets.to_vec1::<u32>()?, self.chunking.lce_rows);
             Ok(h.apply_op2(self.wte.as_tensor(), op)?)
         } else {
             let logits = h.matmul(&self.wte.t()?)?;
@@ -559,6 +591,7 @@ impl Gpt {
                 &h,
                 &w,
                 &targets.to_vec1::<u32>()?,
+                self.chunking.lce_rows,
             )?);
         }
         let logits = h.matmul(&w.t()?)?;
@@ -574,9 +607,8 @@ impl Gpt {
             && matches!(self.dtype(), DType::F32 | DType::F64)
     }
 
-    /// Writes the parameters under their GPT-2 names and the config as JSON metadata, atomically: a crash
-    /// leaves either the previous file or the new one, never a torn one.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The parameters under their GPT-2 names and the config as JSON metadata, as safetensors bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let config = serde_json::to_string(&self.config).expect("config serialises");
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "collapse-lab-gpt".to_string());
@@ -586,14 +618,37 @@ impl Gpt {
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?)))
             .collect::<Result<_>>()?;
-        save_safetensors(path, &tensors, meta)
+        serialize_safetensors(&tensors, meta)
+    }
+
+    /// Writes [`Gpt::to_safetensors`] atomically: a crash leaves either the previous file or the new one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_safetensors()?;
+        atomic_write(path, &bytes).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Reads a checkpoint written by [`Gpt::save`]; the config comes from the file.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (tensors, meta) = load_safetensors(path, device)?;
-        let ck = |msg: String| Error::Checkpoint {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_safetensors(&bytes, &path.display().to_string(), dtype, device)
+    }
+
+    /// Parses the bytes of [`Gpt::to_safetensors`]; `name` is the file's name for errors.
+    pub fn from_safetensors(
+        bytes: &[u8],
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (tensors, meta) = deserialize_safetensors(bytes, name, device)?;
+        let ck = |msg: String| Error::Checkpoint {
+            path: name.to_string(),
             msg,
         };
         let config = meta.get("config").ok_or_else(|| {
@@ -618,21 +673,16 @@ fn cross_entropy_mean(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((lse - target_logit)?.mean_all()?)
 }
 
-/// Writes named tensors and string metadata to `path` through a temp file, fsync and rename.
-pub fn save_safetensors(
-    path: &Path,
+/// Named tensors and string metadata as safetensors bytes. Everything but f64 is stored as f32: the
+/// optimizer's master weights and state are f32.
+pub fn serialize_safetensors(
     tensors: &[(String, Tensor)],
     meta: HashMap<String, String>,
-) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
+) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
         .iter()
         .map(|(n, t)| {
             let t = t.to_device(&Device::Cpu)?.contiguous()?;
-            // Everything but f64 is stored as f32: the optimizer's master weights and state are f32.
             let (dtype, bytes): (_, Vec<u8>) = match t.dtype() {
                 DType::F64 => {
                     let v = t.flatten_all()?.to_vec1::<f64>()?;
@@ -659,11 +709,23 @@ pub fn save_safetensors(
             (n.clone(), view)
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
-        path: path.display().to_string(),
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
+        path: "(in memory)".into(),
         msg: e.to_string(),
-    })?;
-    atomic_write(path, &bytes).map_err(io)
+    })
+}
+
+/// Writes [`serialize_safetensors`] to `path` through a temp file, fsync and rename.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let bytes = serialize_safetensors(tensors, meta)?;
+    atomic_write(path, &bytes).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Reads every tensor of a safetensors file onto `device`, with its metadata.
@@ -671,21 +733,30 @@ pub fn load_safetensors(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let ck = |msg: String| Error::Checkpoint {
-        path: path.display().to_string(),
-        msg,
-    };
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    deserialize_safetensors(&bytes, &path.display().to_string(), device)
+}
+
+/// Parses safetensors bytes (f32 and f64 tensors) onto `device`; `name` is the file's name for errors.
+pub fn deserialize_safetensors(
+    bytes: &[u8],
+    name: &str,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let ck = |msg: String| Error::Checkpoint {
+        path: name.to_string(),
+        msg,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| ck(format!("truncated or corrupt safetensors file ({e})")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| ck(format!("truncated or corrupt safetensors file ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
+    for (tname, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let t = match view.dtype() {
             safetensors::Dtype::F32 => {
@@ -704,12 +775,12 @@ pub fn load_safetensors(
                     .collect();
                 Tensor::from_vec(v, shape, device)?
             }
-            d => return Err(ck(format!("tensor {name} has unsupported dtype {d:?}"))),
+            d => return Err(ck(format!("tensor {tname} has unsupported dtype {d:?}"))),
         };
         if t.elem_count() == 0 && !view.shape().contains(&0) {
-            return Err(ck(format!("tensor {name} is empty")));
+            return Err(ck(format!("tensor {tname} is empty")));
         }
-        out.insert(name, t);
+        out.insert(tname, t);
     }
     Ok((out, meta))
 }

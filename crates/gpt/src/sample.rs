@@ -77,8 +77,16 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// `logits` is overwritten.
+    /// `logits` is overwritten. Draws one uniform from `rng` (none when greedy).
     pub fn sample(&self, logits: &mut [f32], rng: &mut ChaCha8Rng) -> u32 {
+        if self.temperature == 0.0 {
+            return self.sample_at(logits, 0.0);
+        }
+        self.sample_at(logits, rng.random::<f64>())
+    }
+
+    /// The token at quantile `r` (in `[0, 1)`) of the sampling distribution; `logits` is overwritten.
+    pub fn sample_at(&self, logits: &mut [f32], r: f64) -> u32 {
         let v = logits.len();
         if self.temperature == 0.0 {
             let mut best = 0;
@@ -91,43 +99,55 @@ impl Sampler {
         }
         let inv_t = 1.0 / self.temperature;
         logits.iter_mut().for_each(|x| *x *= inv_t);
-        if let Some(k) = self.top_k.filter(|&k| k < v) {
+        // The fast exp never returns 0 (it clamps its argument), so tokens that top-k masks out are zeroed
+        // after it rather than given -inf before it.
+        let masked = self.top_k.filter(|&k| k < v).map(|k| {
             let mut sorted = logits.to_vec();
             let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
             let threshold = *kth;
-            logits
-                .iter_mut()
-                .filter(|x| **x < threshold)
-                .for_each(|x| *x = f32::NEG_INFINITY);
-        }
+            logits.iter().map(|&x| x < threshold).collect::<Vec<bool>>()
+        });
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let total = fast_exp_slice(logits, max) as f64;
+        fast_exp_slice(logits, max);
+        if let Some(masked) = masked {
+            for (p, m) in logits.iter_mut().zip(masked) {
+                if m {
+                    *p = 0.0;
+                }
+            }
+        }
         let probs = logits;
         if let Some(p) = self.top_p.filter(|&p| p < 1.0) {
+            let total = probs.iter().map(|&x| x as f64).sum();
             let kept = nucleus(probs, total, p as f64);
-            let mass: f64 = kept.iter().map(|&i| probs[i as usize] as f64).sum();
-            let mut u = rng.random::<f64>() * mass;
-            for &i in &kept {
-                u -= probs[i as usize] as f64;
-                if u <= 0.0 {
-                    return i;
-                }
-            }
-            return *kept.last().expect("nucleus is never empty");
+            return inverse_cdf(kept.iter().map(|&i| (i, probs[i as usize])), r);
         }
-        let mut u = rng.random::<f64>() * total;
-        let mut last_nonzero = 0;
-        for (i, &p) in probs.iter().enumerate() {
-            if p > 0.0 {
-                last_nonzero = i;
-                u -= p as f64;
-                if u <= 0.0 {
-                    return i as u32;
-                }
-            }
-        }
-        last_nonzero as u32
+        inverse_cdf(probs.iter().enumerate().map(|(i, &p)| (i as u32, p)), r)
     }
+}
+
+/// The token at quantile `r` in `[0, 1)` of the (unnormalised) weights. The total and the running sum are
+/// the same f64 additions in the same order, so the running sum passes `r * total` before the end unless
+/// `r * total` rounds up to `total` itself (probability about 2^-53); only then does it fall back to the last
+/// token of non-zero weight, which is also what the exact quantile is there.
+fn inverse_cdf<I>(weights: I, r: f64) -> u32
+where
+    I: Iterator<Item = (u32, f32)> + Clone,
+{
+    let total: f64 = weights.clone().fold(0.0, |acc, (_, w)| acc + w as f64);
+    let target = r * total;
+    let mut cum = 0.0;
+    let mut last = None;
+    for (i, w) in weights {
+        if w > 0.0 {
+            cum += w as f64;
+            last = Some(i);
+            if cum > target {
+                return i;
+            }
+        }
+    }
+    last.unwrap_or(0)
 }
 
 /// The smallest set of most probable tokens whose mass reaches `p` of `total`, most probable first. Sorts
@@ -347,13 +367,14 @@ pub fn generate(
     Ok(out)
 }
 
-/// Sampling without leaving the device: each step draws the whole batch by the Gumbel-max trick
-/// (`argmax(logits / T + G)` with `G = -log(-log U)` is an exact draw from `softmax(logits / T)`), feeds the
-/// new tokens straight back as the next input, and reads back only a finished-flag every 16 steps and the
-/// tokens once at the end. Finished sequences keep running (their tokens are cut at the stop token), which
-/// costs less on a GPU than compacting the batch. Randomness is the device's, seeded with `seed`: reproducible
-/// on one device, not across devices. Top-k and top-p need a sort of each row, which candle's CUDA sort cannot
-/// do for vocabulary-wide rows, so those settings sample on the host.
+/// Sampling without leaving the device: each step draws the whole batch by the Gumbel-max trick (see
+/// [`gumbel_argmax`]), feeds the new tokens straight back as the next input, and reads back only a
+/// finished-flag every 16 steps and the tokens once at the end. Finished sequences keep running (their tokens
+/// are cut at the stop token), which costs less on a GPU than compacting the batch. On a GPU the uniforms are
+/// the device's, seeded with `seed`: reproducible on one device, not across devices. On the CPU (where
+/// candle's generator cannot be seeded) they come from a ChaCha stream seeded with `seed`, so a CPU run of
+/// this path is reproducible and testable. Top-k and top-p need a sort of each row, which candle's CUDA sort
+/// cannot do for vocabulary-wide rows, so those settings sample on the host.
 pub fn generate_on_device(
     model: &Gpt,
     prompt: &[u32],
@@ -364,9 +385,7 @@ pub fn generate_on_device(
     use candle_core::D;
     cfg.validate()?;
     let dev = model.device();
-    if !dev.is_cpu() {
-        dev.set_seed(seed)?;
-    }
+    let mut uniforms = Uniforms::new(dev, seed)?;
     let block = model.config().block_size;
     let prompt_t = Tensor::new(prompt, dev)?.unsqueeze(0)?.repeat((count, 1))?;
     let mut context = prompt_t.clone();
@@ -386,10 +405,8 @@ pub fn generate_on_device(
         let next = if cfg.temperature == 0.0 {
             logits.argmax(D::Minus1)?
         } else {
-            let l = (logits.to_dtype(DType::F32)? / cfg.temperature as f64)?;
-            let u = Tensor::rand(1e-20f32, 1.0, l.shape(), dev)?;
-            let gumbel = u.log()?.neg()?.log()?.neg()?;
-            (l + gumbel)?.argmax(D::Minus1)?
+            let u = uniforms.draw(logits.shape())?;
+            gumbel_argmax(&logits, cfg.temperature as f64, &u)?
         };
         drawn.push(next.clone());
         if let Some(stop) = &stop {
@@ -420,7 +437,142 @@ pub fn generate_on_device(
         .collect())
 }
 
+/// The smallest and largest uniform the Gumbel transform sees. In f64 the largest value below 1 is
+/// 1 - 2^-53, so the largest Gumbel value is -ln(-ln(1 - 2^-53)) = 36.7; a Gumbel variable exceeds that with
+/// probability 1.1e-16, so the truncated tail moves no token's probability by more than about 1e-16 per draw.
+/// At the other end, -ln(-ln(f64::MIN_POSITIVE)) = -6.56, exceeded from below with probability e^-708.
+pub const GUMBEL_U_MIN: f64 = f64::MIN_POSITIVE;
+pub const GUMBEL_U_MAX: f64 = 1.0 - f64::EPSILON / 2.0;
+
+/// One draw per row of `softmax(logits / temperature)` by the Gumbel-max trick: `argmax(logits / T + G)` with
+/// `G = -ln(-ln u)` is an exact draw. `u` (f64, the shape of `logits`) is clamped into
+/// [`GUMBEL_U_MIN`, `GUMBEL_U_MAX`] first: curand's uniforms lie in (0, 1], and u = 1 would give G = +inf, a
+/// uniformly random token whatever its logit. The sum is formed in f64, so the Gumbel tail is not cut at
+/// f32's 16.6.
+pub fn gumbel_argmax(logits: &Tensor, temperature: f64, u: &Tensor) -> Result<Tensor> {
+    let u = u.to_dtype(DType::F64)?.clamp(GUMBEL_U_MIN, GUMBEL_U_MAX)?;
+    let gumbel = u.log()?.neg()?.log()?.neg()?;
+    let scaled = (logits.to_dtype(DType::F64)? / temperature)?;
+    Ok((scaled + gumbel)?.argmax(candle_core::D::Minus1)?)
+}
+
+/// Where the device sampler's uniforms come from.
+enum Uniforms {
+    /// The device's own generator, seeded once.
+    Device(candle_core::Device),
+    /// A seeded host stream, for the CPU.
+    Host(ChaCha8Rng),
+}
+
+impl Uniforms {
+    fn new(dev: &candle_core::Device, seed: u64) -> Result<Self> {
+        if dev.is_cpu() {
+            return Ok(Self::Host(ChaCha8Rng::seed_from_u64(seed)));
+        }
+        dev.set_seed(seed)?;
+        Ok(Self::Device(dev.clone()))
+    }
+
+    /// Uniforms in [0, 1) (host) or (0, 1] (curand), in f64.
+    fn draw(&mut self, shape: &candle_core::Shape) -> Result<Tensor> {
+        Ok(match self {
+            Self::Device(dev) => Tensor::rand(0f64, 1f64, shape, dev)?,
+            Self::Host(rng) => {
+                let v: Vec<f64> = (0..shape.elem_count()).map(|_| rng.random()).collect();
+                Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?
+            }
+        })
+    }
+}
+
 fn retain_flagged<T>(v: &mut Vec<T>, keep: &[bool]) {
     let mut flags = keep.iter();
     v.retain(|_| *flags.next().expect("one flag per element"));
+}
+
+/// Pearson's chi-square of the device sampler's first tokens against the softmax it samples from.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ChiSquare {
+    pub draws: usize,
+    pub statistic: f64,
+    pub degrees_of_freedom: usize,
+    /// The statistic's upper 1e-6 quantile: a correct sampler exceeds it once in a million checks.
+    pub bound: f64,
+}
+
+impl ChiSquare {
+    pub fn passes(&self) -> bool {
+        self.statistic < self.bound
+    }
+}
+
+/// Draws the first token of `draws` sequences after `prompt` with [`generate_on_device`] and compares their
+/// frequencies with `softmax(logits / temperature)` of the prompt's logits (computed in f64 on the host).
+/// Cells expected fewer than 5 times are pooled into one.
+pub fn device_sampler_chi_square(
+    model: &Gpt,
+    prompt: &[u32],
+    draws: usize,
+    temperature: f32,
+    seed: u64,
+) -> Result<ChiSquare> {
+    let idx = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let logits: Vec<f64> = model
+        .forward_last(&idx, &mut KvCache::default())?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l - max) / temperature as f64).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    let cfg = GenerateConfig {
+        max_new_tokens: 1,
+        temperature,
+        top_k: None,
+        top_p: None,
+        stop_token: None,
+    };
+    let mut counts = vec![0usize; logits.len()];
+    for s in generate_on_device(model, prompt, draws, &cfg, seed)? {
+        counts[s[0] as usize] += 1;
+    }
+    let probs: Vec<f64> = e.iter().map(|p| p / z).collect();
+    Ok(ChiSquare::of(&counts, &probs))
+}
+
+impl ChiSquare {
+    /// Pearson's statistic of `counts` against `probs`; cells expected fewer than 5 times are pooled.
+    pub fn of(counts: &[usize], probs: &[f64]) -> Self {
+        let draws: usize = counts.iter().sum();
+        let (mut statistic, mut cells) = (0.0, 0usize);
+        let (mut pool_obs, mut pool_exp) = (0.0, 0.0);
+        for (&c, &p) in counts.iter().zip(probs) {
+            let expected = p * draws as f64;
+            if expected < 5.0 {
+                pool_obs += c as f64;
+                pool_exp += expected;
+            } else {
+                statistic += (c as f64 - expected).powi(2) / expected;
+                cells += 1;
+            }
+        }
+        if pool_exp > 0.0 {
+            statistic += (pool_obs - pool_exp).powi(2) / pool_exp;
+            cells += 1;
+        }
+        let df = cells.saturating_sub(1).max(1);
+        // Wilson-Hilferty: chi-square's quantile from the normal's (z = 4.753 at 1e-6), a few percent off
+        // for df >= 3, far closer than a broken sampler's statistic comes.
+        let a = 2.0 / (9.0 * df as f64);
+        let bound = df as f64 * (1.0 - a + 4.753 * a.sqrt()).powi(3);
+        Self {
+            draws,
+            statistic,
+            degrees_of_freedom: df,
+            bound,
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Correctness of the model: gradients, finite differences, the fused loss, cached decoding, checkpoints.
 
 use candle_core::{DType, Device, Tensor};
-use gpt::{generate, Decoder, GenerateConfig, Gpt, GptConfig, Sampler};
+use gpt::{generate, Chunking, Decoder, GenerateConfig, Gpt, GptConfig, Sampler};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -145,8 +145,19 @@ fn gradients_match_finite_differences() {
         v.set(&(t + noise).unwrap()).unwrap();
     }
     let (x, y) = batch(&cfg, 2, 12, 4, &dev);
-    for fused in [true, false] {
+    // 24 rows: the fused loss in chunks of 5, 5, 5, 5 and 4 rows, LayerNorm in tasks of 5 rows (ragged last
+    // one), as well as the default single chunk and task.
+    let small = Chunking {
+        lce_rows: Some(5),
+        layer_norm_rows: 5,
+    };
+    for (fused, chunking) in [
+        (true, Chunking::default()),
+        (true, small),
+        (false, Chunking::default()),
+    ] {
         m.set_cpu_kernels(fused);
+        m.set_chunking(chunking);
         let loss_of =
             |m: &Gpt| -> f64 { m.loss(&x, &y, None).unwrap().to_scalar::<f64>().unwrap() };
         let grads = m.loss(&x, &y, None).unwrap().backward().unwrap();
@@ -182,10 +193,10 @@ fn gradients_match_finite_differences() {
                     .unwrap();
                 let rel = (g[i] - fd).abs() / g[i].abs().max(fd.abs()).max(1e-5);
                 worst = worst.max(rel);
-                assert!(rel < 1e-4, "fused={fused} {name}[{i}]: analytic {} vs finite difference {fd} (rel {rel:e})", g[i]);
+                assert!(rel < 1e-4, "fused={fused} {chunking:?} {name}[{i}]: analytic {} vs finite difference {fd} (rel {rel:e})", g[i]);
             }
         }
-        eprintln!("fused={fused}: worst relative gradient error {worst:e}");
+        eprintln!("fused={fused} {chunking:?}: worst relative gradient error {worst:e}");
     }
 }
 
@@ -212,6 +223,59 @@ fn cpu_kernels_equal_plain_ops() {
     }
     let nll = m.nll_sum(&x, &y).unwrap();
     assert!((nll / 64.0 - lb as f64).abs() < 1e-5, "{nll}");
+}
+
+/// Loss, gradients and the evaluator's NLL sum do not depend on how the CPU kernels chunk their work beyond
+/// rounding: several chunks of the fused loss (and a ragged last one), several LayerNorm tasks.
+#[test]
+fn chunked_kernels_equal_one_chunk() {
+    let cfg = GptConfig::tiny(300);
+    let dev = Device::Cpu;
+    let mut m = Gpt::new(&cfg, 12, DType::F64, &dev).unwrap();
+    let (x, y) = batch(&cfg, 3, 16, 13, &dev);
+    let run = |m: &Gpt| {
+        let loss = m.loss(&x, &y, None).unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<Vec<f64>> = m
+            .params()
+            .iter()
+            .map(|(_, v)| {
+                grads
+                    .get(v)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        (
+            loss.to_scalar::<f64>().unwrap(),
+            g,
+            m.nll_sum(&x, &y).unwrap(),
+        )
+    };
+    let (l1, g1, n1) = run(&m);
+    for (lce_rows, layer_norm_rows) in [(7, 5), (1, 1), (47, 13)] {
+        m.set_chunking(Chunking {
+            lce_rows: Some(lce_rows),
+            layer_norm_rows,
+        });
+        let (l2, g2, n2) = run(&m);
+        assert!((l1 - l2).abs() < 1e-12, "{l1} vs {l2}");
+        assert!((n1 - n2).abs() < 1e-9, "{n1} vs {n2}");
+        for ((name, _), (a, b)) in m.params().iter().zip(g1.iter().zip(&g2)) {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d < 1e-12,
+                "{name}: chunks of {lce_rows}/{layer_norm_rows} rows differ by {d}"
+            );
+        }
+    }
 }
 
 /// At every step, before and after the context passes block_size, the cached decoder's logits equal those of

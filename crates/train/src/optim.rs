@@ -259,8 +259,17 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// Saves the moments under `<param>.exp_avg` / `<param>.exp_avg_sq` and the step count, atomically.
+    /// Saves [`AdamW::to_safetensors`] atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_safetensors()?;
+        gpt::atomic_write(path, &bytes).map_err(|e| Error::State {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// The moments under `<param>.exp_avg` / `<param>.exp_avg_sq` and the step count, as safetensors bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let mut tensors = Vec::new();
         for st in &self.states {
             let (m, v) = match &st.moments {
@@ -280,20 +289,29 @@ impl AdamW {
             "config".into(),
             serde_json::to_string(&self.cfg).expect("serialises"),
         );
-        Ok(gpt::save_safetensors(path, &tensors, meta)?)
+        Ok(gpt::serialize_safetensors(&tensors, meta)?)
     }
 
     /// Restores state saved by [`AdamW::save`] for the same parameters.
     pub fn load(path: &Path, params: &[(String, Var)]) -> Result<Self> {
-        let err = |msg: String| Error::State {
+        let bytes = std::fs::read(path).map_err(|e| Error::State {
             path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Self::from_safetensors(&bytes, &path.display().to_string(), params)
+    }
+
+    /// Parses the bytes of [`AdamW::to_safetensors`]; `name` is the file's name for errors.
+    pub fn from_safetensors(bytes: &[u8], name: &str, params: &[(String, Var)]) -> Result<Self> {
+        let err = |msg: String| Error::State {
+            path: name.to_string(),
             msg,
         };
         let device = params
             .first()
             .map(|(_, v)| v.device().clone())
             .unwrap_or(Device::Cpu);
-        let (mut tensors, meta) = gpt::load_safetensors(path, &device)?;
+        let (mut tensors, meta) = gpt::deserialize_safetensors(bytes, name, &device)?;
         let step: u64 = meta
             .get("step")
             .and_then(|s| s.parse().ok())
