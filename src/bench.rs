@@ -180,7 +180,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Example:\n  collapse-lab bench-corpus --data ../shared/data/movie_plots.csv.zst --tokenizer ../shared/data/gpt2"
+    after_help = "Example:\n  collapse-lab bench-corpus --data wiki_movie_plots_deduped.csv --tokenizer hf:openai-community/gpt2"
 )]
 pub struct CorpusBenchArgs {
     /// Data source (file, folder or hf://datasets/OWNER/NAME/FILE); defaults to $COLLAPSE_DATA.

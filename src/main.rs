@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Run (or resume) an experiment: settings x repetitions x rounds of compose, train, evaluate, generate.
     #[command(
-        after_help = "Examples:\n  collapse-lab run configs/quick.toml\n  collapse-lab run configs/paper.toml --device cuda --data ../shared/data/movie_plots.csv.zst\n  collapse-lab run configs/paper.toml --only fixed-alpha/3\n\nRunning the same command again resumes from the last completed phase."
+        after_help = "Examples:\n  collapse-lab run configs/quick.toml\n  collapse-lab run configs/paper.toml --device cuda --data wiki_movie_plots_deduped.csv\n  collapse-lab run configs/paper.toml --only fixed-alpha/3\n\nRunning the same command again resumes from the last completed phase."
     )]
     Run {
         /// The experiment's TOML config.
@@ -68,7 +68,7 @@ enum Command {
     Generate(tools::GenerateArgs),
     /// Held-out perplexity of a checkpoint on a data source.
     #[command(
-        after_help = "Example:\n  collapse-lab eval runs/quick/accumulate/rep-0/round-2/model.safetensors --data ../shared/data/wikipedia_movies_2020s_exactful.csv.zst --column plot"
+        after_help = "Example:\n  collapse-lab eval runs/quick/accumulate/rep-0/round-2/model.safetensors --data data/sample/movies_2020s_sample.csv.zst --column plot"
     )]
     Eval(tools::EvalArgs),
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).

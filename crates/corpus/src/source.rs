@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{Document, Error, Result};
 
-/// The paper's corpus on the Hugging Face Hub (the same plots as `../shared/data/movie_plots.csv.zst`).
+/// The paper's corpus on the Hugging Face Hub (a copy of Kaggle's Wikipedia Movie Plots, see data/README.md).
 pub const DEFAULT_SOURCE: &str =
     "hf://datasets/vishnupriyavr/wiki-movie-plots-with-summaries/wiki_movie_plots_deduped_with_summaries.csv";
 
@@ -58,8 +58,8 @@ impl Source {
         }
         let repo = format!("{}/{}", parts[0], parts[1]);
         let file = parts[2];
-        let hint = "download it elsewhere and point --data (or COLLAPSE_DATA) at the local file, \
-                    e.g. ../shared/data/movie_plots.csv.zst";
+        let hint = "download it elsewhere and point --data (or COLLAPSE_DATA) at the local file \
+                    (data/README.md says where to get it)";
         let cache = hf_hub::Cache::from_env();
         let cached = cache
             .repo(hf_hub::Repo::new(repo.clone(), hf_hub::RepoType::Dataset))
