@@ -30,6 +30,10 @@ pub struct ModelSection {
     pub block_size: usize,
     pub dropout: f64,
     pub bias: bool,
+    /// Start every round from these weights instead of a random initialisation: a model.safetensors of a
+    /// run, or a Hugging Face GPT-2 directory. Its shape must be the section's (and its vocabulary the
+    /// tokenizer's).
+    pub init_from: Option<String>,
 }
 
 impl Default for ModelSection {
@@ -42,6 +46,7 @@ impl Default for ModelSection {
             block_size: p.block_size,
             dropout: p.dropout,
             bias: p.bias,
+            init_from: None,
         }
     }
 }

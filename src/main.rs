@@ -71,6 +71,10 @@ enum Command {
         after_help = "Example:\n  collapse-lab eval runs/quick/accumulate/rep-0/round-2/model.safetensors --data data/sample/movies_2020s_sample.csv.zst --column plot"
     )]
     Eval(tools::EvalArgs),
+    #[command(
+        after_help = "Example:\n  collapse-lab export runs/quick/accumulate/rep-0/round-2/model.safetensors --out hf-model\n  python -c 'import transformers as t; t.GPT2LMHeadModel.from_pretrained(\"hf-model\")'"
+    )]
+    Export(tools::ExportArgs),
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
     Bench(bench::BenchArgs),
     /// Check the engine on a device (gradients, cached decoding, loss curve against the CPU, device sampling).
@@ -130,6 +134,7 @@ fn execute(cli: Cli) -> Result<()> {
         }
         Command::Generate(a) => tools::generate(a),
         Command::Eval(a) => tools::eval(a),
+        Command::Export(a) => tools::export(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchCorpus(a) => bench::run_corpus(a),
         Command::GpuCheck(a) => gpucheck::run(a),

@@ -283,6 +283,9 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         }
         None => None,
     };
+    if let Some(init) = &cfg.model.init_from {
+        initial_model(&cfg, &device, tok.vocab_size(), init)?;
+    }
     let pool_len = n - cfg.data.heldout_docs;
     let mut plans = HashMap::new();
     for s in cfg.settings()? {
@@ -503,6 +506,35 @@ fn run_round(
     write_json(&rd.join("metrics.json"), &row)
 }
 
+/// The weights every round starts from under `model.init_from`, with the run's dropout; a model of another
+/// shape than the config's is refused with both shapes.
+fn initial_model(cfg: &Config, device: &Device, vocab_size: usize, path: &str) -> Result<Gpt> {
+    let mut m = crate::tools::load_model_on(Path::new(path), device)
+        .with_context(|| format!("model.init_from = {path:?}"))?;
+    let want = cfg.gpt(vocab_size);
+    let got = m.config().clone();
+    let shape = |c: &gpt::GptConfig| {
+        (
+            c.vocab_size,
+            c.block_size,
+            c.n_layer,
+            c.n_head,
+            c.n_embd,
+            c.bias,
+        )
+    };
+    if shape(&got) != shape(&want) {
+        bail!(
+            "model.init_from = {path:?} is a model of vocab {}, block_size {}, {} layers, {} heads, n_embd {}, bias {}; \
+             the config's [model] (and tokenizer) say vocab {}, block_size {}, {} layers, {} heads, n_embd {}, bias {}",
+            got.vocab_size, got.block_size, got.n_layer, got.n_head, got.n_embd, got.bias,
+            want.vocab_size, want.block_size, want.n_layer, want.n_head, want.n_embd, want.bias
+        );
+    }
+    m.set_dropout(want.dropout);
+    Ok(m)
+}
+
 /// Reads a model written by the pipeline, checking its SHA-256; `remedy` says what to delete.
 fn load_model(path: &Path, device: &Device, remedy: &str) -> Result<Gpt> {
     let bytes = read_verified(path, remedy)?;
@@ -602,12 +634,15 @@ fn train_phase(
             st.wall_s,
         )
     } else {
-        let model = Gpt::new(
-            &gcfg,
-            derive_seed(seed, &[&"init", &rep, &t]),
-            DType::F32,
-            &ctx.device,
-        )?;
+        let model = match &cfg.model.init_from {
+            Some(init) => initial_model(cfg, &ctx.device, ctx.tok.vocab_size(), init)?,
+            None => Gpt::new(
+                &gcfg,
+                derive_seed(seed, &[&"init", &rep, &t]),
+                DType::F32,
+                &ctx.device,
+            )?,
+        };
         (
             Trainer::new(model, tc.clone(), batch_seed)?,
             Vec::new(),

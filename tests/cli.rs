@@ -14,39 +14,12 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A small corpus of plot-like documents and a tiny config over it.
+    /// The real sample of data/sample (300 plots) and a tiny config over it.
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = csv::Writer::from_path(dir.path().join("plots.csv")).unwrap();
-        w.write_record(["Title", "Plot"]).unwrap();
-        let names = [
-            "Anna", "Boris", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo",
-        ];
-        let places = [
-            "Paris",
-            "a small town",
-            "the desert",
-            "London",
-            "a ship",
-            "the mountains",
-        ];
-        let acts = [
-            "falls in love with",
-            "hunts",
-            "betrays",
-            "rescues",
-            "follows",
-            "marries",
-        ];
-        for i in 0..80usize {
-            let plot = format!(
-                "In film {i}, {} moves to {}.[{}] There {} {} {} and {} them. After years, {} returns home.\r\nThe end.",
-                names[i % 8], places[i % 6], i % 9, names[(i * 3) % 8], acts[i % 6], names[(i * 5 + 1) % 8],
-                acts[(i + 2) % 6], names[(i * 7) % 8]
-            );
-            w.write_record([format!("Film {i}"), plot]).unwrap();
-        }
-        w.flush().unwrap();
+        let sample =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movie_plots_sample.csv.zst");
+        std::fs::copy(sample, dir.path().join("plots.csv.zst")).unwrap();
         let f = Self { dir };
         f.write_config("config.toml", 120);
         f
@@ -91,7 +64,7 @@ settings = ["synthetic-only", "accumulate", "decaying-alpha"]
 repetitions = 1
 seed = 7
 "#,
-            src = self.path("plots.csv").display()
+            src = self.path("plots.csv.zst").display()
         );
         std::fs::write(self.path(name), cfg).unwrap();
     }
@@ -309,7 +282,7 @@ fn report_and_status_work_on_a_partial_run() {
         "eval",
         dir.join("model.safetensors").to_str().unwrap(),
         "--data",
-        "plots.csv",
+        "plots.csv.zst",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -358,7 +331,7 @@ fn bad_configs_and_sources_get_one_clear_line() {
     let e = error_line(&f.run(&["run", "config.toml", "--out", "o2", "--data", "empty.csv"]));
     assert!(e.contains("contains no documents"), "{e}");
 
-    std::fs::write(f.path("big.toml"), cfg.replace("n = 12", "n = 40")).unwrap();
+    std::fs::write(f.path("big.toml"), cfg.replace("n = 12", "n = 120")).unwrap();
     let e = error_line(&f.run(&["run", "big.toml", "--out", "o3"]));
     assert!(
         e.contains("short by") && e.contains("decaying-alpha"),
@@ -574,6 +547,100 @@ fn text_statistics_use_the_same_number_of_documents_everywhere() {
         row[col("gen_distinct_1")].parse::<f64>().unwrap(),
         want.as_f64().unwrap()
     );
+}
+
+/// `export` writes transformers' layout; `eval`, `generate` and `model.init_from` read it back, with the same
+/// numbers as the original checkpoint. Every file of a run directory has the same permissions.
+#[test]
+fn export_and_import_in_the_hugging_face_layout() {
+    let f = Fixture::new();
+    let o = f.run(&[
+        "run",
+        "config.toml",
+        "--out",
+        "r",
+        "--only",
+        "synthetic-only/0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = f.path("r/synthetic-only/rep-0/round-1/model.safetensors");
+    let o = f.run(&["export", ck.to_str().unwrap(), "--out", "hf"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        assert!(f.path("hf").join(file).exists(), "{file}");
+    }
+    let ppl = |model: &str| {
+        let o = f.run(&["eval", model, "--data", "plots.csv.zst", "--max-docs", "20"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    assert_eq!(ppl(ck.to_str().unwrap()), ppl("hf"));
+    let o = f.run(&["generate", "hf", "--count", "2", "--max-new-tokens", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Every round starts from the exported weights: round 0's loss starts where the checkpoint ended.
+    let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
+    let init = cfg.replace("block_size = 16\n", "block_size = 16\ninit_from = \"hf\"\n");
+    std::fs::write(f.path("init.toml"), &init).unwrap();
+    let o = f.run(&[
+        "run",
+        "init.toml",
+        "--out",
+        "i",
+        "--only",
+        "synthetic-only/0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first_loss = |dir: &str| -> f64 {
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(f.path(dir).join("synthetic-only/rep-0/round-0/train.json")).unwrap(),
+        )
+        .unwrap();
+        v["losses"][0][1].as_f64().unwrap()
+    };
+    assert!(
+        first_loss("i") < first_loss("r") - 0.3,
+        "from the trained weights the first logged loss ({}) is below a random start's ({})",
+        first_loss("i"),
+        first_loss("r")
+    );
+    std::fs::write(
+        f.path("wide.toml"),
+        init.replace("n_embd = 16", "n_embd = 32"),
+    )
+    .unwrap();
+    let e = error_line(&f.run(&["run", "wide.toml", "--out", "w"]));
+    assert!(
+        e.contains("model.init_from") && e.contains("n_embd 16") && e.contains("n_embd 32"),
+        "{e}"
+    );
+
+    // One permission for every file the run wrote (0644 under the usual umask of 022).
+    let mut modes = std::collections::BTreeSet::new();
+    fn walk(d: &Path, modes: &mut std::collections::BTreeSet<u32>) {
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path(), modes);
+            } else {
+                modes.insert(m.permissions().mode() & 0o777);
+            }
+        }
+    }
+    walk(&f.path("r"), &mut modes);
+    walk(&f.path("cache"), &mut modes);
+    let octal: Vec<String> = modes.iter().map(|m| format!("{m:o}")).collect();
+    assert_eq!(modes.len(), 1, "mixed permissions: {octal:?}");
 }
 
 /// Flips one bit of `path` in its middle; returns the original bytes.

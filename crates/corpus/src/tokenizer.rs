@@ -199,6 +199,64 @@ impl Tokenizer {
         write_atomically(path, self.to_json()?.as_bytes())
     }
 
+    /// The tokenizer files transformers loads with `AutoTokenizer.from_pretrained(DIR)`: `tokenizer.json`,
+    /// GPT-2's `vocab.json` + `merges.txt` (taken from the BPE model inside it), `tokenizer_config.json` and
+    /// `special_tokens_map.json`, with `<|endoftext|>` as BOS, EOS and UNK as in GPT-2.
+    pub fn hf_files(&self, model_max_length: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let json = self.to_json()?;
+        let def: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| tk_err(e.to_string()))?;
+        let model = &def["model"];
+        if model["type"] != "BPE" {
+            return Err(Error::Tokenizer(format!(
+                "only BPE tokenizers export vocab.json + merges.txt, this one is {}",
+                model["type"]
+            )));
+        }
+        let mut vocab: std::collections::BTreeMap<String, u64> =
+            serde_json::from_value(model["vocab"].clone())
+                .map_err(|e| tk_err(format!("BPE vocabulary: {e}")))?;
+        for t in def["added_tokens"].as_array().into_iter().flatten() {
+            if let (Some(c), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) {
+                vocab.entry(c.to_string()).or_insert(id);
+            }
+        }
+        let vocab_json = serde_json::to_string(&vocab).expect("serialises");
+        let mut merges = String::from("#version: 0.2\n");
+        for m in model["merges"].as_array().into_iter().flatten() {
+            // tokenizers writes merges as "a b" strings (older files) or ["a", "b"] pairs (newer ones).
+            let line = match m {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(p) => p
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => return Err(Error::Tokenizer(format!("unreadable merge {m}"))),
+            };
+            merges.push_str(&line);
+            merges.push('\n');
+        }
+        let special = serde_json::json!({
+            "bos_token": END_OF_TEXT,
+            "eos_token": END_OF_TEXT,
+            "unk_token": END_OF_TEXT,
+        });
+        let mut config = special.clone();
+        config["tokenizer_class"] = "GPT2Tokenizer".into();
+        config["model_max_length"] = model_max_length.into();
+        config["add_prefix_space"] = false.into();
+        config["clean_up_tokenization_spaces"] = false.into();
+        let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("serialises");
+        Ok(vec![
+            ("tokenizer.json".into(), json.into_bytes()),
+            ("vocab.json".into(), vocab_json.into_bytes()),
+            ("merges.txt".into(), merges.into_bytes()),
+            ("tokenizer_config.json".into(), pretty(&config)),
+            ("special_tokens_map.json".into(), pretty(&special)),
+        ])
+    }
+
     /// A hash of the tokenizer's full definition, for cache keys.
     pub fn hash(&self) -> Result<String> {
         Ok(format!("{:x}", Sha256::digest(self.to_json()?.as_bytes())))

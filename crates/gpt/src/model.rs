@@ -1,8 +1,9 @@
 //! GPT-2 as nanoGPT's model.py writes it: token and position embeddings, `n_layer` pre-LayerNorm blocks of
 //! causal self-attention and a GELU MLP, a final LayerNorm, and an `lm_head` tied to `wte`.
 //!
-//! Every op here has a backward pass in candle 0.11: LayerNorm and softmax are written out because
-//! `candle_nn`'s fused versions have none and would stop gradients without an error.
+//! Every op on a training path has a backward pass in candle 0.11: LayerNorm and softmax are written out
+//! because `candle_nn`'s fused versions have none and would stop gradients without an error. Inference
+//! (no graph) off the CPU kernels uses candle-nn's fused LayerNorm and softmax, which is what GPUs run.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +17,7 @@ use crate::cpu_ops::{CausalAttention, Gelu, LayerNormOp, LinearOp};
 use crate::fused::{linear_cross_entropy_sum, LinearCrossEntropy};
 use crate::{Error, GptConfig, Result};
 
-const LN_EPS: f64 = 1e-5;
+pub(crate) const LN_EPS: f64 = 1e-5;
 
 /// A parameter as an op input: tracked for backprop in training; detached in inference, so that no graph is
 /// built and every activation is freed as soon as the next one exists.
@@ -73,6 +74,19 @@ impl LayerNorm {
                 rows_per_task,
             };
             return Ok(x.apply_op3(&w, &bias, op)?);
+        }
+        if !grad {
+            // No gradient flows: candle-nn's fused kernel (one CUDA launch instead of eight) is safe here.
+            let bias = match &b {
+                Some(b) => b.clone(),
+                None => w.zeros_like()?,
+            };
+            return Ok(candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &w,
+                &bias,
+                LN_EPS as f32,
+            )?);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -230,7 +244,11 @@ impl CausalSelfAttention {
             let mask = Tensor::from_vec(mask, (t, tk), x.device())?.to_dtype(att.dtype())?;
             att = att.broadcast_add(&mask)?;
         }
-        let mut att = softmax_last_dim(&att)?;
+        let mut att = if grad {
+            softmax_last_dim(&att)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att.contiguous()?)?
+        };
         if let Some(d) = dropout {
             att = d.apply(&att)?;
         }
@@ -311,14 +329,14 @@ impl Default for Chunking {
 
 /// How a parameter is initialised (nanoGPT's `_init_weights` plus its scaled residual projections).
 #[derive(Clone, Copy)]
-enum Init {
+pub(crate) enum Init {
     Normal(f64),
     Zeros,
     Ones,
 }
 
 /// Every parameter's name, shape and initialisation, in the order they are created, drawn and saved.
-fn parameter_specs(cfg: &GptConfig) -> Vec<(String, Vec<usize>, Init)> {
+pub(crate) fn parameter_specs(cfg: &GptConfig) -> Vec<(String, Vec<usize>, Init)> {
     let c = cfg.n_embd;
     let std = 0.02;
     let resid_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
@@ -382,7 +400,10 @@ impl Gpt {
         Self::from_tensors(config, tensors)
     }
 
-    fn from_tensors(config: &GptConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+    pub(crate) fn from_tensors(
+        config: &GptConfig,
+        mut tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
         config.validate()?;
         let mut params = Vec::new();
         for (name, shape, _) in parameter_specs(config) {
@@ -445,6 +466,11 @@ impl Gpt {
     /// must agree, which the tests check.
     pub fn set_cpu_kernels(&mut self, on: bool) {
         self.cpu_kernels = on;
+    }
+
+    /// Sets the dropout of training (a run's choice, not a checkpoint's).
+    pub fn set_dropout(&mut self, p: f64) {
+        self.config.dropout = p;
     }
 
     /// Sets how the CPU kernels split their work.

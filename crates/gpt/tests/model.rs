@@ -223,6 +223,12 @@ fn cpu_kernels_equal_plain_ops() {
     }
     let nll = m.nll_sum(&x, &y).unwrap();
     assert!((nll / 64.0 - lb as f64).abs() < 1e-5, "{nll}");
+    // Inference off the CPU kernels runs candle-nn's fused LayerNorm and softmax, as GPUs do.
+    let fused = m.forward(&x).unwrap();
+    m.set_cpu_kernels(false);
+    let plain = m.forward(&x).unwrap();
+    let d = max_abs(&(fused - plain).unwrap());
+    assert!(d < 1e-4, "inference paths differ by {d}");
 }
 
 /// Loss, gradients and the evaluator's NLL sum do not depend on how the CPU kernels chunk their work beyond
@@ -461,4 +467,138 @@ fn device_sampling_matches_host_greedy_decoding() {
         out.iter().any(|s| s.len() < 40),
         "with 64 tokens some sequence draws the stop token in 40 steps"
     );
+}
+
+/// Export to transformers' layout and import back: identical logits, for models with and without biases and
+/// with a square `c_proj`; every Conv1D weight is stored transposed, everything else as is.
+#[test]
+fn hf_export_import_round_trips_with_conv1d_weights_transposed() {
+    let dir = tempfile::tempdir().unwrap();
+    for bias in [true, false] {
+        let cfg = GptConfig {
+            bias,
+            ..GptConfig::tiny(50)
+        };
+        let m = Gpt::new(&cfg, 31, DType::F32, &Device::Cpu).unwrap();
+        // Non-zero biases, so a bias that went missing or moved would show in the logits.
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for (_, v) in m.params() {
+            let noise: Vec<f32> = (0..v.elem_count())
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect();
+            let noise = Tensor::from_vec(noise, v.shape(), &Device::Cpu).unwrap();
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let (config, weights) = m.to_hf(Some(49)).unwrap();
+        let out = dir.path().join(format!("bias-{bias}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("config.json"), &config).unwrap();
+        std::fs::write(out.join("model.safetensors"), &weights).unwrap();
+
+        let c: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(c["model_type"], "gpt2");
+        assert_eq!(c["activation_function"], "gelu_new");
+        assert_eq!(c["n_positions"], cfg.block_size);
+        assert_eq!(c["n_embd"], cfg.n_embd);
+        assert_eq!(c["tie_word_embeddings"], true);
+        assert_eq!(c["layer_norm_epsilon"], 1e-5);
+
+        let (tensors, meta) =
+            gpt::deserialize_safetensors(&weights, "export", &Device::Cpu).unwrap();
+        assert_eq!(
+            meta["format"], "pt",
+            "transformers refuses safetensors without format = pt"
+        );
+        assert!(!tensors.contains_key("lm_head.weight"), "tied to wte");
+        let ours: std::collections::HashMap<&str, Tensor> = m
+            .params()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
+            .collect();
+        let mut conv1d = 0;
+        for (name, t) in &tensors {
+            match ours.get(name.as_str()) {
+                Some(w) if gpt::is_conv1d_weight(name) => {
+                    conv1d += 1;
+                    let want = w.t().unwrap();
+                    assert_eq!(t.dims(), want.dims(), "{name}");
+                    assert_eq!(
+                        max_abs(&(t - want).unwrap()),
+                        0.0,
+                        "{name} is not transposed"
+                    );
+                    if t.dims() == w.dims() {
+                        // Square (attn.c_proj): the shape cannot tell, the values do.
+                        assert_ne!(max_abs(&(t - w).unwrap()), 0.0, "{name} left as is");
+                    }
+                }
+                Some(w) => assert_eq!(max_abs(&(t - w).unwrap()), 0.0, "{name}"),
+                None => {
+                    assert!(!bias && name.ends_with(".bias"), "unexpected {name}");
+                    assert_eq!(max_abs(t), 0.0, "a missing bias is exported as zeros");
+                }
+            }
+        }
+        assert_eq!(conv1d, 4 * cfg.n_layer);
+
+        let back = Gpt::from_hf_dir(&out, DType::F32, &Device::Cpu).unwrap();
+        let (x, _) = batch(&cfg, 2, cfg.block_size, 3, &Device::Cpu);
+        let d = max_abs(&(m.forward(&x).unwrap() - back.forward(&x).unwrap()).unwrap());
+        assert_eq!(d, 0.0, "bias {bias}: logits differ by {d}");
+    }
+
+    // A checkpoint without the `transformer.` prefix (as the Hub's gpt2 is) and with old buffers loads too;
+    // one whose c_proj is not transposed computes something else, which the logits show.
+    let cfg = GptConfig::tiny(50);
+    let m = Gpt::new(&cfg, 5, DType::F32, &Device::Cpu).unwrap();
+    let (config, weights) = m.to_hf(None).unwrap();
+    let (tensors, _) = gpt::deserialize_safetensors(&weights, "export", &Device::Cpu).unwrap();
+    for (name, fix_c_proj) in [("bare", false), ("untransposed", true)] {
+        let mut renamed: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = if fix_c_proj && n.ends_with("attn.c_proj.weight") {
+                    t.t().unwrap().contiguous().unwrap()
+                } else {
+                    t.clone()
+                };
+                (n.trim_start_matches("transformer.").to_string(), t)
+            })
+            .collect();
+        renamed.push((
+            "h.0.attn.bias".into(),
+            Tensor::ones((1, 1, 16, 16), DType::F32, &Device::Cpu).unwrap(),
+        ));
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("config.json"), &config).unwrap();
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        std::fs::write(
+            out.join("model.safetensors"),
+            gpt::serialize_safetensors(&renamed, meta).unwrap(),
+        )
+        .unwrap();
+        let back = Gpt::from_hf_dir(&out, DType::F32, &Device::Cpu).unwrap();
+        let (x, _) = batch(&cfg, 1, 8, 4, &Device::Cpu);
+        let d = max_abs(&(m.forward(&x).unwrap() - back.forward(&x).unwrap()).unwrap());
+        if fix_c_proj {
+            assert!(
+                d > 1e-4,
+                "a square c_proj loaded untransposed must change the logits"
+            );
+        } else {
+            assert_eq!(d, 0.0);
+        }
+    }
+
+    // What the model cannot compute is refused with the reason.
+    let out = dir.path().join("erf");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("config.json"), config.replace("gelu_new", "gelu")).unwrap();
+    std::fs::write(out.join("model.safetensors"), &weights).unwrap();
+    let e = Gpt::from_hf_dir(&out, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("activation_function \"gelu\""), "{e}");
 }
