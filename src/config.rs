@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use corpus::{CleanConfig, Setting};
+use corpus::{Alpha, CleanConfig, Schedule, Setting, Size};
 use gpt::{GenerateConfig, GptConfig};
 use serde::{Deserialize, Serialize};
 use train::{AdamWConfig, LrSchedule, TrainConfig};
@@ -170,6 +170,47 @@ pub struct ScheduleSection {
     pub settings: Vec<String>,
     /// Fresh fraction of the fixed-alpha setting.
     pub alpha: f64,
+    /// Schedules of the config's own, run after the settings above and reported under their names.
+    pub custom: Vec<CustomSchedule>,
+}
+
+/// A named schedule beside the presets: `[[schedule.custom]]` with `name`, `size` (`{ kind = "fixed" |
+/// "linear" | "quadratic", n = N }` or `{ kind = "list", sizes = [...] }`), `alpha` (`{ kind = "zero" }`,
+/// `{ kind = "fixed", alpha = A }`, `{ kind = "power", p = P }` for (t + 1)^-P, or `{ kind = "list", values =
+/// [...] }`) and `accumulate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomSchedule {
+    pub name: String,
+    pub size: Size,
+    pub alpha: Alpha,
+    #[serde(default)]
+    pub accumulate: bool,
+}
+
+impl CustomSchedule {
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            size: self.size.clone(),
+            alpha: self.alpha.clone(),
+            accumulate: self.accumulate,
+        }
+    }
+}
+
+/// A schedule the config runs, under its name: one of the paper's four settings or a custom one. `number`
+/// orders them: the presets' own numbers 0-3, then the custom schedules in the config's order from 4.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingSpec {
+    pub name: String,
+    pub number: usize,
+    pub schedule: Schedule,
+}
+
+impl std::fmt::Display for SettingSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
 }
 
 impl Default for ScheduleSection {
@@ -179,6 +220,7 @@ impl Default for ScheduleSection {
             rounds: 10,
             settings: Setting::ALL.iter().map(|s| s.name().to_string()).collect(),
             alpha: 0.5,
+            custom: Vec::new(),
         }
     }
 }
@@ -233,21 +275,63 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    pub fn settings(&self) -> Result<Vec<Setting>> {
-        let mut out = Vec::new();
-        for s in &self.schedule.settings {
+    /// The settings to run: the presets named in `schedule.settings`, then every custom schedule.
+    pub fn settings(&self) -> Result<Vec<SettingSpec>> {
+        let sc = &self.schedule;
+        let mut out: Vec<SettingSpec> = Vec::new();
+        for s in &sc.settings {
             let s = Setting::parse(s)?;
-            if !out.contains(&s) {
-                out.push(s);
+            if !out.iter().any(|o| o.number == s.number()) {
+                out.push(SettingSpec {
+                    name: s.name().to_string(),
+                    number: s.number(),
+                    schedule: s.schedule(sc.n, sc.alpha),
+                });
             }
+        }
+        for (i, c) in sc.custom.iter().enumerate() {
+            let name = &c.name;
+            let valid = !name.is_empty()
+                && name.chars().all(|ch| {
+                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
+                });
+            if !valid {
+                bail!("schedule.custom name {name:?}: use lower-case letters, digits, '-' and '_' (it names a directory)");
+            }
+            if Setting::parse(name).is_ok() || out.iter().any(|o| &o.name == name) {
+                bail!("schedule.custom name {name:?} is taken: every setting needs its own name");
+            }
+            out.push(SettingSpec {
+                name: name.clone(),
+                number: Setting::ALL.len() + i,
+                schedule: c.schedule(),
+            });
         }
         if out.is_empty() {
             bail!(
-                "schedule.settings is empty: name at least one of {}",
+                "no setting to run: name at least one of {} in schedule.settings, or define a [[schedule.custom]]",
                 Setting::ALL.map(|s| s.name()).join(", ")
             );
         }
         Ok(out)
+    }
+
+    /// The setting called `name` (a preset's name or number, or a custom schedule's name).
+    pub fn setting(&self, name: &str) -> Result<SettingSpec> {
+        let all = self.settings()?;
+        let preset = Setting::parse(name).ok();
+        all.iter()
+            .find(|s| s.name == name || preset.is_some_and(|p| p.number() == s.number))
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "setting {name:?} is not in this config (it runs {})",
+                    all.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 
     pub fn gpt(&self, vocab_size: usize) -> GptConfig {
@@ -399,7 +483,8 @@ mod tests {
         assert_eq!(c.schedule.n, 1000);
         assert_eq!(c.schedule.rounds, 10);
         assert_eq!(c.experiment.repetitions, 10);
-        assert_eq!(c.settings().unwrap(), Setting::ALL);
+        let names: Vec<String> = c.settings().unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, Setting::ALL.map(|s| s.name().to_string()));
         assert_eq!(c.data.heldout_docs, 500);
     }
 

@@ -11,14 +11,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use corpus::{
-    bpe_training_docs, compose, token_stream, Document, Manifest, Origin, Plan, RealCorpus,
-    Setting, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
+    bpe_training_docs, compose, token_stream, Document, Manifest, Origin, Plan, RealCorpus, Source,
+    Split, TokenCache, Tokenizer, TokenizerSpec,
 };
 use gpt::Gpt;
 use serde::{Deserialize, Serialize};
 use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, Trainer};
 
-use crate::config::{Config, EOT_PROMPT};
+use crate::config::{Config, SettingSpec, EOT_PROMPT};
 use crate::progress::Progress;
 use crate::rundir::{
     frozen_config, read_json, read_verified, round_dir, write_atomic, write_json, write_verified,
@@ -140,11 +140,12 @@ struct Ctx {
     splits: Vec<Split>,
     heldout: Vec<Vec<u32>>,
     second: Option<Vec<u32>>,
-    plans: HashMap<Setting, Plan>,
+    /// Each setting's plan, by name.
+    plans: HashMap<String, Plan>,
 }
 
 pub struct Selection {
-    pub settings: Vec<Setting>,
+    pub settings: Vec<SettingSpec>,
     pub reps: Vec<usize>,
 }
 
@@ -167,10 +168,7 @@ pub fn parse_only(only: Option<&str>, cfg: &Config) -> Result<Selection> {
         ),
         None => (only, None),
     };
-    let setting = Setting::parse(s)?;
-    if !cfg.settings()?.contains(&setting) {
-        bail!("--only {only}: setting {setting} is not in the config's schedule.settings");
-    }
+    let setting = cfg.setting(s).with_context(|| format!("--only {only}"))?;
     let reps = match rep {
         Some(r) if r >= cfg.experiment.repetitions => bail!(
             "--only {only}: the config has {} repetitions (0-{})",
@@ -192,18 +190,18 @@ pub fn run(cfg: Config, out: &Path, device: Device, sel: Selection) -> Result<()
     let total = (sel.settings.len() * sel.reps.len() * ctx.cfg.schedule.rounds) as u64;
     let mut done = 0;
     for &rep in &sel.reps {
-        for &s in &sel.settings {
+        for s in &sel.settings {
             for t in 0..ctx.cfg.schedule.rounds {
-                done += u64::from(dir.round_dir(s, rep, t).join("metrics.json").exists());
+                done += u64::from(dir.round_dir(&s.name, rep, t).join("metrics.json").exists());
             }
         }
     }
     let mut progress = Progress::new(total, done);
     for &rep in &sel.reps {
-        for &setting in &sel.settings {
+        for setting in &sel.settings {
             let mut samples = SampleStore::default();
             for t in 0..ctx.cfg.schedule.rounds {
-                let rd = dir.round_dir(setting, rep, t);
+                let rd = dir.round_dir(&setting.name, rep, t);
                 if rd.join("metrics.json").exists() {
                     continue;
                 }
@@ -290,10 +288,10 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
     let mut plans = HashMap::new();
     for s in cfg.settings()? {
         let plan = s
-            .schedule(cfg.schedule.n, cfg.schedule.alpha)
+            .schedule
             .plan(cfg.schedule.rounds, pool_len)
             .with_context(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
-        plans.insert(s, plan);
+        plans.insert(s.name, plan);
     }
     let by_id = real
         .docs
@@ -329,7 +327,7 @@ impl SampleStore {
         &mut self,
         ctx: &Ctx,
         root: &Path,
-        setting: Setting,
+        setting: &str,
         rep: usize,
         round: usize,
     ) -> Result<&RoundSamples> {
@@ -350,15 +348,15 @@ fn run_round(
     dir: &RunDir,
     progress: &Progress,
     samples: &mut SampleStore,
-    setting: Setting,
+    setting: &SettingSpec,
     rep: usize,
     t: usize,
 ) -> Result<()> {
     let cfg = &ctx.cfg;
-    let rd = dir.round_dir(setting, rep, t);
+    let rd = dir.round_dir(&setting.name, rep, t);
     std::fs::create_dir_all(&rd).with_context(|| format!("cannot create {}", rd.display()))?;
-    let plan = &ctx.plans[&setting];
-    let schedule = setting.schedule(cfg.schedule.n, cfg.schedule.alpha);
+    let plan = &ctx.plans[&setting.name];
+    let schedule = &setting.schedule;
 
     // Phase 1: compose D_t.
     let started = Instant::now();
@@ -368,14 +366,15 @@ fn run_round(
     } else {
         progress.phase("compose", 1);
         let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
-            let (docs, _) = samples.get(ctx, &dir.root, setting, rep, t - 1)?;
+            let (docs, _) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
             docs[..plan.rounds[t].synthetic].to_vec()
         } else {
             Vec::new()
         };
         let previous = if schedule.accumulate && t > 0 {
             Some(read_json::<Manifest>(
-                &dir.round_dir(setting, rep, t - 1).join("manifest.json"),
+                &dir.round_dir(&setting.name, rep, t - 1)
+                    .join("manifest.json"),
             )?)
         } else {
             None
@@ -411,7 +410,7 @@ fn run_round(
             ctx,
             &dir.root,
             samples,
-            setting,
+            &setting.name,
             rep,
             &manifest,
             &manifest_path,
@@ -472,8 +471,8 @@ fn run_round(
     // Phase 5: the round's metrics.
     let rp = &manifest.plan;
     let row = MetricsRow {
-        setting: setting.name().to_string(),
-        setting_number: setting.number(),
+        setting: setting.name.clone(),
+        setting_number: setting.number,
         repetition: rep,
         round: t,
         new_docs: rp.new_docs,
@@ -547,7 +546,7 @@ fn round_stream(
     ctx: &Ctx,
     root: &Path,
     samples: &mut SampleStore,
-    setting: Setting,
+    setting: &str,
     rep: usize,
     manifest: &Manifest,
     manifest_path: &Path,
@@ -896,8 +895,7 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     if row.stats_docs == want.min(row.generated_docs) && row.stats_docs > 0 {
         return Ok(());
     }
-    let setting = Setting::parse(&row.setting)?;
-    let path = round_dir(root, setting, row.repetition, row.round).join("samples.jsonl.zst");
+    let path = round_dir(root, &row.setting, row.repetition, row.round).join("samples.jsonl.zst");
     let (_, samples) = read_samples_file(&path)?;
     let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
     row.generated_docs = samples.len();
@@ -915,12 +913,18 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
 /// Every finished round's metrics, sorted by (setting, repetition, round).
 pub fn collect_metrics(root: &Path) -> Result<Vec<MetricsRow>> {
     let mut rows = Vec::new();
-    for s in Setting::ALL {
-        let sdir = root.join(s.name());
-        let Ok(reps) = std::fs::read_dir(&sdir) else {
+    // Every SETTING/rep-R/round-T/metrics.json below the root, whatever the settings are called.
+    for sdir in std::fs::read_dir(root)
+        .with_context(|| format!("cannot read {}", root.display()))?
+        .flatten()
+    {
+        let Ok(reps) = std::fs::read_dir(sdir.path()) else {
             continue;
         };
-        for rep in reps.flatten() {
+        for rep in reps
+            .flatten()
+            .filter(|r| r.file_name().to_string_lossy().starts_with("rep-"))
+        {
             let Ok(rounds) = std::fs::read_dir(rep.path()) else {
                 continue;
             };
@@ -952,12 +956,16 @@ pub fn status(root: &Path) -> Result<String> {
     for s in cfg.settings()? {
         for rep in 0..cfg.experiment.repetitions {
             let done = (0..cfg.schedule.rounds)
-                .take_while(|&t| round_dir(root, s, rep, t).join("metrics.json").exists())
+                .take_while(|&t| {
+                    round_dir(root, &s.name, rep, t)
+                        .join("metrics.json")
+                        .exists()
+                })
                 .count();
             let next = if done == cfg.schedule.rounds {
                 "done".to_string()
             } else {
-                let rd = round_dir(root, s, rep, done);
+                let rd = round_dir(root, &s.name, rep, done);
                 let phase = if rd.join("samples.jsonl.zst").exists() {
                     "metrics"
                 } else if rd.join("eval.json").exists() {
@@ -976,10 +984,7 @@ pub fn status(root: &Path) -> Result<String> {
             };
             out.push_str(&format!(
                 "{:<16} {:>4}  {:>3}/{:<3}  {next}\n",
-                s.name(),
-                rep,
-                done,
-                cfg.schedule.rounds
+                s.name, rep, done, cfg.schedule.rounds
             ));
         }
     }

@@ -1,6 +1,15 @@
-//! `collapse-lab report`: held-out perplexity against round, one line per setting with the mean and a 95%
-//! confidence band across repetitions (PNG and SVG), a markdown summary, `metrics.csv`, and `report.html`
-//! showing them. Works on a partly finished run: it reports the rounds that are done.
+//! `collapse-lab report`: what a run shows, with the statistics a reviewer asks for.
+//!
+//! - Held-out perplexity against round, one line per setting: mean and 95% band across repetitions.
+//! - Paired: round 0 is shared by every setting of a repetition, so each repetition's change against its own
+//!   round 0 (and each difference between two settings in the same repetition) is the unit of comparison,
+//!   with a paired-t interval, which removes the round-0 noise that dominates unpaired bands. A verdict per
+//!   setting says whether the last round's interval excludes 0.
+//! - The same for the second evaluation set when configured, and small multiples of the generated plots'
+//!   text statistics, where collapse shows before perplexity moves.
+//!
+//! Writes `metrics.csv` and `report/` (PNG + SVG plots, `summary.md`, `paired.csv`, `report.html`). Works on a
+//! partly finished run: it reports the rounds that are done.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +20,7 @@ use plotters::prelude::*;
 use crate::pipeline::{collect_metrics, refresh_generation_stats, MetricsRow};
 use crate::rundir::{frozen_config, write_atomic};
 
-/// Mean and 95% confidence interval (Student t) of one setting at one round.
+/// Mean and 95% confidence interval of one setting at one round.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
     pub round: usize,
@@ -28,6 +37,7 @@ const T95: [f64; 30] = [
     2.052, 2.048, 2.045, 2.042,
 ];
 
+/// Mean and half-width of the 95% Student-t interval (0 for a single value).
 pub fn mean_ci(xs: &[f64]) -> (f64, f64) {
     let n = xs.len();
     let mean = xs.iter().sum::<f64>() / n as f64;
@@ -39,30 +49,99 @@ pub fn mean_ci(xs: &[f64]) -> (f64, f64) {
     (mean, t * (var / n as f64).sqrt())
 }
 
-/// Per setting (in the paper's order), the held-out perplexity curve.
-pub fn curves(rows: &[MetricsRow]) -> Vec<(String, Vec<Point>)> {
-    let mut by: BTreeMap<(usize, String), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-    for r in rows {
-        by.entry((r.setting_number, r.setting.clone()))
-            .or_default()
-            .entry(r.round)
-            .or_default()
-            .push(r.heldout_perplexity);
+fn point(round: usize, xs: &[f64]) -> Point {
+    let (mean, ci) = mean_ci(xs);
+    Point {
+        round,
+        n: xs.len(),
+        mean,
+        lo: mean - ci,
+        hi: mean + ci,
     }
-    by.into_iter()
+}
+
+/// What the interval of a change says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Worsens,
+    NoClearChange,
+    Improves,
+}
+
+impl Verdict {
+    /// For perplexity, lower is better: an interval wholly above 0 worsens, wholly below improves, and one
+    /// that contains 0 (touching it included), or comes from a single repetition, is no clear change.
+    pub fn of(p: &Point) -> Self {
+        if p.n >= 2 && p.lo > 0.0 {
+            Verdict::Worsens
+        } else if p.n >= 2 && p.hi < 0.0 {
+            Verdict::Improves
+        } else {
+            Verdict::NoClearChange
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Worsens => "worsens",
+            Verdict::NoClearChange => "no clear change",
+            Verdict::Improves => "improves",
+        }
+    }
+}
+
+/// One setting's curve: `(setting name, points by round)`.
+pub type Curve = (String, Vec<Point>);
+
+/// A metric of a row, per (setting number, name) -> round -> repetition.
+type Table = BTreeMap<(usize, String), BTreeMap<usize, BTreeMap<usize, f64>>>;
+
+fn table(rows: &[MetricsRow], metric: impl Fn(&MetricsRow) -> Option<f64>) -> Table {
+    let mut by: Table = BTreeMap::new();
+    for r in rows {
+        if let Some(v) = metric(r) {
+            by.entry((r.setting_number, r.setting.clone()))
+                .or_default()
+                .entry(r.round)
+                .or_default()
+                .insert(r.repetition, v);
+        }
+    }
+    by
+}
+
+/// Per setting (in the settings' order), the mean of `metric` by round with its 95% band across repetitions.
+pub fn curves(rows: &[MetricsRow], metric: impl Fn(&MetricsRow) -> Option<f64>) -> Vec<Curve> {
+    table(rows, metric)
+        .into_iter()
         .map(|((_, name), rounds)| {
             let pts = rounds
                 .into_iter()
-                .map(|(round, xs)| {
-                    let (mean, ci) = mean_ci(&xs);
-                    // Perplexity is at least 1; a wide t-interval of few repetitions must not cross it.
-                    Point {
-                        round,
-                        n: xs.len(),
-                        mean,
-                        lo: (mean - ci).max(1.0),
-                        hi: mean + ci,
-                    }
+                .map(|(round, reps)| point(round, &reps.into_values().collect::<Vec<_>>()))
+                .collect();
+            (name, pts)
+        })
+        .collect()
+}
+
+/// Per setting, the paired relative change of `metric` against round 0, in percent: for each repetition
+/// that has both rounds, 100 (x_t / x_0 - 1); mean and paired-t interval across repetitions.
+pub fn paired_change(
+    rows: &[MetricsRow],
+    metric: impl Fn(&MetricsRow) -> Option<f64>,
+) -> Vec<Curve> {
+    table(rows, metric)
+        .into_iter()
+        .map(|((_, name), rounds)| {
+            let base = rounds.get(&0).cloned().unwrap_or_default();
+            let pts = rounds
+                .iter()
+                .filter_map(|(&round, reps)| {
+                    let d: Vec<f64> = reps
+                        .iter()
+                        .filter_map(|(rep, &x)| base.get(rep).map(|&x0| 100.0 * (x / x0 - 1.0)))
+                        .collect();
+                    (!d.is_empty()).then(|| point(round, &d))
                 })
                 .collect();
             (name, pts)
@@ -70,43 +149,89 @@ pub fn curves(rows: &[MetricsRow]) -> Vec<(String, Vec<Point>)> {
         .collect()
 }
 
-const COLORS: [RGBColor; 4] = [
+/// The paired difference `a - b` of `metric` at `round` over the repetitions that have both.
+pub fn paired_difference(
+    rows: &[MetricsRow],
+    metric: impl Fn(&MetricsRow) -> Option<f64>,
+    (a, b): (&str, &str),
+    round: usize,
+) -> Option<Point> {
+    let t = table(rows, metric);
+    let of = |name: &str| {
+        t.iter()
+            .find(|((_, n), _)| n == name)
+            .and_then(|(_, rounds)| rounds.get(&round))
+    };
+    let (ra, rb) = (of(a)?, of(b)?);
+    let d: Vec<f64> = ra
+        .iter()
+        .filter_map(|(rep, &x)| rb.get(rep).map(|&y| x - y))
+        .collect();
+    (!d.is_empty()).then(|| point(round, &d))
+}
+
+const COLORS: [RGBColor; 8] = [
     RGBColor(214, 39, 40),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
 ];
 
-fn draw<DB: DrawingBackend>(backend: DB, curves: &[(String, Vec<Point>)]) -> Result<()>
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("cannot draw the plot: {e:?}")
+}
+
+/// Curves with bands on one chart; `zero_line` draws y = 0 (for changes).
+fn draw_curves<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    curves: &[Curve],
+    (title, y_desc): (&str, &str),
+    zero_line: bool,
+    legend: bool,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let root = backend.into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let pts = curves.iter().flat_map(|(_, p)| p.iter());
     let xmax = pts.clone().map(|p| p.round).max().unwrap_or(1).max(1) as f64;
-    let ymin = pts.clone().map(|p| p.lo).fold(f64::INFINITY, f64::min);
-    let ymax = pts.map(|p| p.hi).fold(f64::NEG_INFINITY, f64::max);
+    let mut ymin = pts.clone().map(|p| p.lo).fold(f64::INFINITY, f64::min);
+    let mut ymax = pts.map(|p| p.hi).fold(f64::NEG_INFINITY, f64::max);
+    if zero_line {
+        ymin = ymin.min(0.0);
+        ymax = ymax.max(0.0);
+    }
+    if !ymin.is_finite() || !ymax.is_finite() {
+        (ymin, ymax) = (0.0, 1.0);
+    }
     let pad = ((ymax - ymin) * 0.08).max(1e-3);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Held-out perplexity by round (mean, 95% CI)",
-            ("sans-serif", 22),
-        )
-        .margin(16)
-        .x_label_area_size(42)
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(-0.2f64..xmax + 0.2, (ymin - pad)..(ymax + pad))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(plot_err)?;
     chart
         .configure_mesh()
         .x_desc("round")
-        .y_desc("held-out perplexity")
+        .y_desc(y_desc)
         .light_line_style(WHITE)
         .x_labels(xmax as usize + 1)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(plot_err)?;
+    if zero_line {
+        chart
+            .draw_series(LineSeries::new(
+                [(-0.2, 0.0), (xmax + 0.2, 0.0)],
+                BLACK.mix(0.5).stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+    }
     for (i, (name, p)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let band: Vec<(f64, f64)> = p
@@ -115,34 +240,74 @@ where
             .chain(p.iter().rev().map(|q| (q.round as f64, q.lo)))
             .collect();
         chart
-            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.18))))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        chart
+            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.15))))
+            .map_err(plot_err)?;
+        let series = chart
             .draw_series(LineSeries::new(
                 p.iter().map(|q| (q.round as f64, q.mean)),
                 color.stroke_width(2),
             ))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
+            .map_err(plot_err)?;
+        if legend {
+            series.label(name.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        }
         chart
             .draw_series(
                 p.iter()
                     .map(|q| Circle::new((q.round as f64, q.mean), 3, color.filled())),
             )
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(plot_err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+    }
     Ok(())
+}
+
+/// Draws one chart into an SVG string.
+fn svg_chart(
+    curves: &[Curve],
+    labels: (&str, &str),
+    zero_line: bool,
+    size: (u32, u32),
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw_curves(&root, curves, labels, zero_line, true)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+/// Small multiples: one panel per text statistic, a line per setting.
+fn svg_panels(panels: &[(&str, Vec<Curve>)]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let cols = 2;
+        let rows = panels.len().div_ceil(cols).max(1);
+        for (i, (area, (title, curves))) in root
+            .split_evenly((rows, cols))
+            .iter()
+            .zip(panels)
+            .enumerate()
+        {
+            draw_curves(area, curves, (title, ""), false, i == 0)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
 }
 
 /// Rasterises the SVG with resvg and an embedded DejaVu Sans, so the PNG's text renders the same on machines
@@ -167,14 +332,26 @@ fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
     write_atomic(path, &png)
 }
 
-/// The markdown table of round-0 and last-round perplexity per setting.
-pub fn summary_table(curves: &[(String, Vec<Point>)]) -> String {
-    let mut s = String::from("| setting | repetitions | round 0 perplexity | last round | last-round perplexity | change |\n|---|---|---|---|---|---|\n");
+fn write_plot(dir: &Path, name: &str, svg: &str) -> Result<()> {
+    write_atomic(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
+    svg_to_png(svg, &dir.join(format!("{name}.png")))
+}
+
+fn ci(p: &Point) -> String {
+    format!("{:.2} ± {:.2}", p.mean, p.hi - p.mean)
+}
+
+fn ci_pct(p: &Point) -> String {
+    format!("{:+.1}% [{:+.1}, {:+.1}]", p.mean, p.lo, p.hi)
+}
+
+/// The markdown table of absolute perplexity: round 0 and the last round per setting (unpaired bands).
+pub fn summary_table(curves: &[Curve]) -> String {
+    let mut s = String::from("| setting | repetitions | round 0 perplexity | last round | last-round perplexity | change of means |\n|---|---|---|---|---|---|\n");
     for (name, p) in curves {
         let (Some(first), Some(last)) = (p.first(), p.last()) else {
             continue;
         };
-        let ci = |q: &Point| format!("{:.2} ± {:.2}", q.mean, q.hi - q.mean);
         s.push_str(&format!(
             "| {name} | {} | {} | {} | {} | {:+.1}% |\n",
             first.n,
@@ -183,6 +360,54 @@ pub fn summary_table(curves: &[(String, Vec<Point>)]) -> String {
             ci(last),
             100.0 * (last.mean / first.mean - 1.0)
         ));
+    }
+    s
+}
+
+/// The paired table: per setting, the last round's paired change against round 0 and its verdict.
+pub fn paired_table(absolute: &[Curve], change: &[Curve]) -> String {
+    let mut s = String::from("| setting | repetitions | round 0 perplexity | last round | last-round perplexity | paired change [95% CI] | verdict |\n|---|---|---|---|---|---|---|\n");
+    for ((name, abs), (_, ch)) in absolute.iter().zip(change) {
+        let (Some(first), Some(last), Some(change)) = (abs.first(), abs.last(), ch.last()) else {
+            continue;
+        };
+        s.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} |\n",
+            change.n,
+            ci(first),
+            last.round,
+            ci(last),
+            ci_pct(change),
+            Verdict::of(change).label()
+        ));
+    }
+    s
+}
+
+/// Setting against setting at one round: the paired difference of perplexity (row minus column setting).
+fn difference_table(
+    rows: &[MetricsRow],
+    metric: impl Fn(&MetricsRow) -> Option<f64> + Copy,
+    names: &[String],
+    round: usize,
+) -> String {
+    let mut s = String::from(
+        "| a | b | repetitions | a - b [95% CI] | verdict for a |\n|---|---|---|---|---|\n",
+    );
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if let Some(p) = paired_difference(rows, metric, (a, b), round) {
+                let verdict = match Verdict::of(&p) {
+                    Verdict::Worsens => format!("worse than {b}"),
+                    Verdict::Improves => format!("better than {b}"),
+                    Verdict::NoClearChange => "no clear difference".to_string(),
+                };
+                s.push_str(&format!(
+                    "| {a} | {b} | {} | {:+.2} [{:+.2}, {:+.2}] | {verdict} |\n",
+                    p.n, p.mean, p.lo, p.hi
+                ));
+            }
+        }
     }
     s
 }
@@ -204,7 +429,82 @@ fn html_table(md: &str) -> String {
     out + "</table>\n"
 }
 
-/// Writes `DIR/metrics.csv` and `DIR/report/{perplexity.png, perplexity.svg, summary.md, report.html}`.
+/// One evaluation set's analysis: absolute and paired curves, and the tables.
+struct Analysis {
+    absolute: Vec<Curve>,
+    change: Vec<Curve>,
+    tables: String,
+}
+
+fn analyse(rows: &[MetricsRow], metric: fn(&MetricsRow) -> Option<f64>, label: &str) -> Analysis {
+    let mut absolute = curves(rows, metric);
+    for (_, p) in &mut absolute {
+        // Perplexity is at least 1; a wide t-interval of few repetitions must not cross it.
+        for q in p.iter_mut() {
+            q.lo = q.lo.max(1.0);
+        }
+    }
+    let change = paired_change(rows, metric);
+    let names: Vec<String> = absolute.iter().map(|(n, _)| n.clone()).collect();
+    let last = absolute
+        .iter()
+        .filter_map(|(_, p)| p.last().map(|q| q.round))
+        .min()
+        .unwrap_or(0);
+    let tables = format!(
+        "### {label}: paired change against each repetition's round 0\n\n{}\n\
+         ### {label}: settings compared at round {last}, paired within repetitions (perplexity, a - b)\n\n{}\n\
+         ### {label}: absolute perplexity (unpaired 95% bands across repetitions)\n\n{}\n",
+        paired_table(&absolute, &change),
+        difference_table(rows, metric, &names, last),
+        summary_table(&absolute),
+    );
+    Analysis {
+        absolute,
+        change,
+        tables,
+    }
+}
+
+fn paired_csv(sets: &[(&str, &Analysis)]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "evaluation",
+        "setting",
+        "round",
+        "repetitions",
+        "mean_perplexity",
+        "perplexity_ci_low",
+        "perplexity_ci_high",
+        "paired_change_pct",
+        "change_ci_low_pct",
+        "change_ci_high_pct",
+        "verdict",
+    ])?;
+    for (set, a) in sets {
+        for ((name, abs), (_, ch)) in a.absolute.iter().zip(&a.change) {
+            for (p, c) in abs.iter().zip(ch) {
+                w.write_record([
+                    set.to_string(),
+                    name.clone(),
+                    p.round.to_string(),
+                    c.n.to_string(),
+                    format!("{:.6}", p.mean),
+                    format!("{:.6}", p.lo),
+                    format!("{:.6}", p.hi),
+                    format!("{:.4}", c.mean),
+                    format!("{:.4}", c.lo),
+                    format!("{:.4}", c.hi),
+                    Verdict::of(c).label().to_string(),
+                ])?;
+            }
+        }
+    }
+    w.into_inner().context("csv")
+}
+
+/// Writes `DIR/metrics.csv` and `DIR/report/`: perplexity and change plots (PNG, SVG), text-statistics small
+/// multiples, `summary.md`, `paired.csv` and `report.html`.
 pub fn report(root: &Path) -> Result<PathBuf> {
     let cfg = frozen_config(root)?;
     let mut rows = collect_metrics(root)?;
@@ -219,27 +519,122 @@ pub fn report(root: &Path) -> Result<PathBuf> {
         w.serialize(r)?;
     }
     write_atomic(&root.join("metrics.csv"), &w.into_inner().context("csv")?)?;
-    let curves = curves(&rows);
     let dir = root.join("report");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut svg = String::new();
-    draw(SVGBackend::with_string(&mut svg, (900, 560)), &curves)?;
-    write_atomic(&dir.join("perplexity.svg"), svg.as_bytes())?;
-    svg_to_png(&svg, &dir.join("perplexity.png"))?;
-    let md = summary_table(&curves);
+
+    let heldout = analyse(&rows, |r| Some(r.heldout_perplexity), "Held-out plots");
+    let second = rows
+        .iter()
+        .any(|r| r.second_perplexity.is_some())
+        .then(|| analyse(&rows, |r| r.second_perplexity, "Second evaluation set"));
+    let size = (900, 560);
+    let mut figures = vec![("perplexity", "held-out perplexity by round")];
+    write_plot(
+        &dir,
+        "perplexity",
+        &svg_chart(
+            &heldout.absolute,
+            (
+                "Held-out perplexity by round (mean, 95% CI)",
+                "held-out perplexity",
+            ),
+            false,
+            size,
+        )?,
+    )?;
+    write_plot(
+        &dir,
+        "change",
+        &svg_chart(
+            &heldout.change,
+            (
+                "Change against the same repetition's round 0 (paired mean, 95% CI)",
+                "perplexity change (%)",
+            ),
+            true,
+            size,
+        )?,
+    )?;
+    figures.push((
+        "change",
+        "paired change of held-out perplexity against round 0",
+    ));
+    if let Some(s) = &second {
+        write_plot(
+            &dir,
+            "second-change",
+            &svg_chart(
+                &s.change,
+                (
+                    "Second evaluation set: change against round 0 (paired, 95% CI)",
+                    "perplexity change (%)",
+                ),
+                true,
+                size,
+            )?,
+        )?;
+        figures.push((
+            "second-change",
+            "paired change on the second evaluation set",
+        ));
+    }
+    let stats_docs = rows.iter().map(|r| r.stats_docs).max().unwrap_or(0);
+    let panels = [
+        (
+            "mean words per plot",
+            curves(&rows, |r| Some(r.gen_mean_words)),
+        ),
+        ("distinct-1", curves(&rows, |r| Some(r.gen_distinct_1))),
+        ("distinct-2", curves(&rows, |r| Some(r.gen_distinct_2))),
+        (
+            "unigram entropy (bits)",
+            curves(&rows, |r| Some(r.gen_unigram_entropy)),
+        ),
+    ];
+    write_plot(&dir, "text-stats", &svg_panels(&panels)?)?;
+    figures.push(("text-stats", "text statistics of the generated plots"));
+
+    let mut sets = vec![("heldout", &heldout)];
+    if let Some(s) = &second {
+        sets.push(("second", s));
+    }
+    write_atomic(&dir.join("paired.csv"), &paired_csv(&sets)?)?;
+    let notes = format!(
+        "Intervals are 95% Student-t intervals across repetitions. Paired changes are 100 (x_t / x_0 - 1) per \
+         repetition, against that repetition's own round 0; a verdict is \"worsens\" or \"improves\" when the \
+         interval of the last round's change excludes 0. Text statistics of generated plots are measured on \
+         the first {stats_docs} documents each round generated (the same number in every round and setting).\n"
+    );
+    let mut md = format!("## {}\n\n{notes}\n{}", root.display(), heldout.tables);
+    if let Some(s) = &second {
+        md.push_str(&s.tables);
+    }
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-    let rounds_done = rows.len();
+
+    let mut body = String::new();
+    for section in md.split("\n### ").skip(1) {
+        let (title, table) = section.split_once("\n\n").unwrap_or((section, ""));
+        body.push_str(&format!(
+            "<h2>{}</h2>\n{}",
+            title.replace('<', "&lt;"),
+            html_table(table.trim())
+        ));
+    }
+    let figs: String = figures
+        .iter()
+        .map(|(f, alt)| {
+            format!("<figure><img src=\"{f}.svg\" alt=\"{alt}\" width=\"900\"></figure>\n")
+        })
+        .collect();
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>collapse-lab report: {name}</title>\n<style>\
-         body{{font-family:sans-serif;max-width:960px;margin:2em auto}} table{{border-collapse:collapse}} \
+         body{{font-family:sans-serif;max-width:1000px;margin:2em auto}} table{{border-collapse:collapse;margin-bottom:1em}} \
          td,th{{border:1px solid #999;padding:4px 10px;text-align:right}} th{{background:#eee}}</style></head>\n<body>\n\
-         <h1>Model collapse: {name}</h1>\n<p>{rounds_done} finished rounds (setting × repetition × round). Held-out \
-         perplexity per round; the band is a 95% confidence interval across repetitions.</p>\n\
-         <figure><img src=\"perplexity.svg\" alt=\"held-out perplexity by round\" width=\"900\"></figure>\n\
-         <h2>Summary</h2>\n{table}<p>Raw data: <a href=\"../metrics.csv\">metrics.csv</a>, \
-         <a href=\"../metrics.jsonl\">metrics.jsonl</a>; plot as <a href=\"perplexity.png\">PNG</a>.</p>\n</body></html>\n",
+         <h1>Model collapse: {name}</h1>\n<p>{rounds_done} finished rounds (setting × repetition × round). {notes}</p>\n\
+         {figs}{body}<p>Raw data: <a href=\"../metrics.csv\">metrics.csv</a>, <a href=\"paired.csv\">paired.csv</a>, \
+         <a href=\"../metrics.jsonl\">metrics.jsonl</a>; plots as PNG beside the SVGs.</p>\n</body></html>\n",
         name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        table = html_table(&md),
+        rounds_done = rows.len(),
     );
     write_atomic(&dir.join("report.html"), html.as_bytes())?;
     Ok(dir)
@@ -255,5 +650,103 @@ mod tests {
         let (m, ci) = mean_ci(&[1.0, 2.0, 3.0]);
         assert_eq!(m, 2.0);
         assert!((ci - 4.303 * (1.0f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+
+    fn row(setting: &str, number: usize, rep: usize, round: usize, ppl: f64) -> MetricsRow {
+        MetricsRow {
+            setting: setting.into(),
+            setting_number: number,
+            repetition: rep,
+            round,
+            new_docs: 0,
+            fresh_docs: 0,
+            synthetic_docs: 0,
+            total_docs: 0,
+            alpha: 0.0,
+            realized_alpha: 0.0,
+            real_fraction: 0.0,
+            train_tokens: 0,
+            train_steps: 0,
+            final_train_loss: 0.0,
+            heldout_perplexity: ppl,
+            heldout_tokens: 0,
+            second_perplexity: None,
+            generated_docs: 0,
+            stats_docs: 0,
+            gen_mean_words: 0.0,
+            gen_distinct_1: 0.0,
+            gen_distinct_2: 0.0,
+            gen_unigram_entropy: 0.0,
+            gen_empty: 0,
+            gen_truncated: 0,
+            gen_replacement_char: 0,
+            wall_compose_s: 0.0,
+            wall_train_s: 0.0,
+            wall_eval_s: 0.0,
+            wall_generate_s: 0.0,
+        }
+    }
+
+    /// The paired interval against a hand computation: three repetitions whose round 0 differs a lot while
+    /// each rises by about 10%.
+    #[test]
+    fn paired_change_matches_a_hand_computed_example() {
+        let rows = vec![
+            row("a", 0, 0, 0, 100.0),
+            row("a", 0, 1, 0, 200.0),
+            row("a", 0, 2, 0, 400.0),
+            row("a", 0, 0, 1, 110.0),
+            row("a", 0, 1, 1, 224.0),
+            row("a", 0, 2, 1, 432.0),
+        ];
+        // Changes: 10%, 12%, 8%: mean 10, sample sd 2, half-width 4.303 * 2 / sqrt(3) = 4.9687.
+        let c = paired_change(&rows, |r| Some(r.heldout_perplexity));
+        let p = c[0].1[1];
+        assert_eq!(p.n, 3);
+        assert!((p.mean - 10.0).abs() < 1e-9, "{p:?}");
+        let hw = 4.303 * 2.0 / 3f64.sqrt();
+        assert!(
+            (p.lo - (10.0 - hw)).abs() < 1e-9 && (p.hi - (10.0 + hw)).abs() < 1e-9,
+            "{p:?}"
+        );
+        assert_eq!(Verdict::of(&p), Verdict::Worsens);
+        // Unpaired, the same data shows nothing: round 0's spread swamps the change.
+        let abs = curves(&rows, |r| Some(r.heldout_perplexity));
+        assert!(abs[0].1[0].hi > abs[0].1[1].lo);
+        // Round 0 against itself is exactly 0.
+        assert_eq!(c[0].1[0].mean, 0.0);
+
+        // Setting against setting, paired: b is a minus 5 in every repetition -> exactly 5, zero width.
+        let mut two = rows.clone();
+        two.extend(rows.iter().map(|r| MetricsRow {
+            setting: "b".into(),
+            setting_number: 1,
+            heldout_perplexity: r.heldout_perplexity - 5.0,
+            ..r.clone()
+        }));
+        let d = paired_difference(&two, |r| Some(r.heldout_perplexity), ("a", "b"), 1).unwrap();
+        assert!(
+            (d.mean - 5.0).abs() < 1e-9 && (d.hi - d.lo).abs() < 1e-9,
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn verdicts_at_the_boundaries() {
+        let p = |n, lo, hi| Point {
+            round: 1,
+            n,
+            mean: (lo + hi) / 2.0,
+            lo,
+            hi,
+        };
+        assert_eq!(Verdict::of(&p(5, 0.1, 2.0)), Verdict::Worsens);
+        assert_eq!(Verdict::of(&p(5, 0.0, 2.0)), Verdict::NoClearChange);
+        assert_eq!(Verdict::of(&p(5, -1e-9, 2.0)), Verdict::NoClearChange);
+        assert_eq!(Verdict::of(&p(5, -2.0, -0.1)), Verdict::Improves);
+        assert_eq!(Verdict::of(&p(5, -2.0, 0.0)), Verdict::NoClearChange);
+        assert_eq!(Verdict::of(&p(5, -2.0, 2.0)), Verdict::NoClearChange);
+        // One repetition has no interval: never a verdict.
+        assert_eq!(Verdict::of(&p(1, 3.0, 3.0)), Verdict::NoClearChange);
     }
 }

@@ -5,7 +5,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use corpus::Setting;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -70,7 +69,7 @@ impl RunDir {
         Ok(dir)
     }
 
-    pub fn round_dir(&self, setting: Setting, rep: usize, round: usize) -> PathBuf {
+    pub fn round_dir(&self, setting: &str, rep: usize, round: usize) -> PathBuf {
         round_dir(&self.root, setting, rep, round)
     }
 }
@@ -92,8 +91,9 @@ pub fn frozen_config(root: &Path) -> Result<Config> {
     .with_context(|| format!("the frozen config of {} is unreadable", root.display()))
 }
 
-pub fn round_dir(root: &Path, setting: Setting, rep: usize, round: usize) -> PathBuf {
-    root.join(setting.name())
+/// `SETTING/rep-R/round-T` under the run directory; `setting` is the setting's name.
+pub fn round_dir(root: &Path, setting: &str, rep: usize, round: usize) -> PathBuf {
+    root.join(setting)
         .join(format!("rep-{rep}"))
         .join(format!("round-{round}"))
 }
