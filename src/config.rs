@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use corpus::{Alpha, CleanConfig, Schedule, Setting, Size};
 use gpt::{GenerateConfig, GptConfig};
 use serde::{Deserialize, Serialize};
+use theory::{Filter, ModelClass, Simulation, Truth};
 use train::{AdamWConfig, LrSchedule, TrainConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -18,6 +19,49 @@ pub struct Config {
     pub generation: GenerationSection,
     pub schedule: ScheduleSection,
     pub experiment: ExperimentSection,
+    pub theory: TheorySection,
+}
+
+/// `collapse-lab theory`: the statistical model run under the same schedules as the GPT experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TheorySection {
+    /// categorical, gaussian, gmm or logistic.
+    pub model: ModelClass,
+    /// K, for the categorical model.
+    pub categories: usize,
+    /// How p is drawn: `{ kind = "uniform" }`, `{ kind = "zipf", s = 1.0 }` or `{ kind = "dirichlet", a = 1.0 }`.
+    pub truth: Truth,
+    pub repetitions: usize,
+    pub seed: u64,
+    /// The appendix-D classifier, `{ e1 = 0.1, e2 = 0.3 }`; absent: no filter.
+    pub filter: Option<Filter>,
+}
+
+impl Default for TheorySection {
+    fn default() -> Self {
+        Self {
+            model: ModelClass::Categorical,
+            categories: 10,
+            truth: Truth::Zipf { s: 1.0 },
+            repetitions: 1000,
+            seed: 0,
+            filter: None,
+        }
+    }
+}
+
+impl TheorySection {
+    pub fn simulation(&self) -> Simulation {
+        Simulation {
+            model: self.model,
+            categories: self.categories,
+            truth: self.truth,
+            repetitions: self.repetitions,
+            seed: self.seed,
+            filter: self.filter.unwrap_or(Filter::NONE),
+        }
+    }
 }
 
 /// The model; its vocabulary size comes from the tokenizer.
@@ -373,7 +417,18 @@ impl Config {
         self.gpt(1).validate()?;
         self.train().validate()?;
         self.generate(0).validate()?;
-        self.settings()?;
+        // Every schedule plans as far as the config alone decides (the pool's size comes with the data).
+        if self.schedule.rounds > 0 {
+            for s in self.settings()? {
+                s.schedule
+                    .plan(self.schedule.rounds, usize::MAX)
+                    .with_context(|| format!("setting {s}"))?;
+            }
+        }
+        self.theory
+            .simulation()
+            .validate()
+            .context("invalid [theory] section")?;
         let checks = [
             (
                 self.experiment.repetitions == 0,
@@ -507,6 +562,85 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("x.toml line 1"), "{e}");
+    }
+
+    /// Custom schedules parse, plan and are refused like the presets; the paper's Figure 2 grid and the
+    /// other reading of setting 2 are expressible.
+    #[test]
+    fn custom_schedules_parse_plan_and_refuse_like_presets() {
+        let text = r#"
+[schedule]
+n = 100
+rounds = 3
+settings = ["fixed-alpha"]
+
+[[schedule.custom]]
+name = "n-fresh-plus-n-synthetic"
+size = { kind = "fixed", n = 200 }
+alpha = { kind = "fixed", alpha = 0.5 }
+
+[[schedule.custom]]
+name = "sqrt-decay-quadratic-acc"
+size = { kind = "quadratic", n = 10 }
+alpha = { kind = "power", p = 0.5 }
+accumulate = true
+"#;
+        let c = Config::parse(text, "custom.toml").unwrap();
+        let s = c.settings().unwrap();
+        let names: Vec<(&str, usize)> = s.iter().map(|s| (s.name.as_str(), s.number)).collect();
+        assert_eq!(
+            names,
+            [
+                ("fixed-alpha", 2),
+                ("n-fresh-plus-n-synthetic", 4),
+                ("sqrt-decay-quadratic-acc", 5)
+            ]
+        );
+        let plan = s[1].schedule.plan(3, 10_000).unwrap();
+        let counts: Vec<(usize, usize, usize)> = plan
+            .rounds
+            .iter()
+            .map(|r| (r.fresh, r.synthetic, r.total))
+            .collect();
+        assert_eq!(counts, [(200, 0, 200), (100, 100, 200), (100, 100, 200)]);
+        let plan = s[2].schedule.plan(3, 10_000).unwrap();
+        let counts: Vec<(usize, usize, usize)> = plan
+            .rounds
+            .iter()
+            .map(|r| (r.fresh, r.synthetic, r.total))
+            .collect();
+        // n_t = 10 (t+1)^2, alpha_t = (t+1)^-1/2, accumulating: 40 x 0.707 = 28.3 -> 28 fresh; 90 / sqrt(3).
+        assert_eq!(counts, [(10, 0, 10), (28, 12, 50), (52, 38, 140)]);
+        assert_eq!(
+            c.setting("4")
+                .unwrap_err()
+                .to_string()
+                .contains("not in this config"),
+            true
+        );
+        assert_eq!(c.setting("n-fresh-plus-n-synthetic").unwrap().number, 4);
+        assert_eq!(c.setting("2").unwrap().name, "fixed-alpha");
+        let e = s[1].schedule.plan(3, 300).unwrap_err().to_string();
+        assert!(e.contains("short by 100"), "{e}");
+
+        let bad = |extra: &str| {
+            let e = Config::parse(&format!("{text}{extra}"), "custom.toml").unwrap_err();
+            format!("{e:#}")
+        };
+        let e = bad("[[schedule.custom]]\nname = \"accumulate\"\nsize = { kind = \"fixed\", n = 1 }\nalpha = { kind = \"zero\" }\n");
+        assert!(e.contains("\"accumulate\" is taken"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"n-fresh-plus-n-synthetic\"\nsize = { kind = \"fixed\", n = 1 }\nalpha = { kind = \"zero\" }\n");
+        assert!(e.contains("is taken"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"Bad Name\"\nsize = { kind = \"fixed\", n = 1 }\nalpha = { kind = \"zero\" }\n");
+        assert!(e.contains("lower-case letters"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"x\"\nsize = { kind = \"cubic\", n = 1 }\nalpha = { kind = \"zero\" }\n");
+        assert!(e.contains("line") && e.contains("cubic"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"x\"\nsize = { kind = \"fixed\", n = 1 }\nalpha = { kind = \"fixed\", alpha = 1.5 }\n");
+        assert!(e.contains("alpha must be in [0, 1]"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"x\"\nsize = { kind = \"fixed\", n = 0 }\nalpha = { kind = \"zero\" }\n");
+        assert!(e.contains("n must be positive"), "{e}");
+        let e = bad("[[schedule.custom]]\nname = \"x\"\nsize = { kind = \"fixed\", n = 1 }\nalfa = { kind = \"zero\" }\n");
+        assert!(e.contains("alfa"), "{e}");
     }
 
     #[test]

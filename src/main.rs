@@ -1,6 +1,7 @@
 //! collapse-lab: model-collapse experiments on small GPT-2 models. The binary is a thin layer of commands
-//! over the library crates: `corpus` (documents, tokenizer, schedule), `train` (optimisation, evaluation)
-//! and `gpt` (the model); here live the config, the run directory, the round pipeline, progress and reports.
+//! over the library crates: `corpus` (documents, tokenizer, schedule), `train` (optimisation, evaluation),
+//! `gpt` (the model) and `theory` (risk recurrences and simulations); here live the config, the run
+//! directory, the round pipeline, progress and reports.
 
 mod bench;
 mod config;
@@ -10,6 +11,7 @@ mod pipeline;
 mod progress;
 mod report;
 mod rundir;
+mod theory;
 mod tools;
 
 use std::path::PathBuf;
@@ -55,12 +57,16 @@ enum Command {
     },
     /// Show how far each setting and repetition of a run has come.
     #[command(after_help = "Example:\n  collapse-lab status runs/quick")]
-    Status { dir: PathBuf },
+    Status {
+        dir: PathBuf,
+    },
     /// Plot held-out perplexity per round (PNG, SVG), summarise it (markdown, HTML) and export metrics.csv.
     #[command(
         after_help = "Example:\n  collapse-lab report runs/quick && xdg-open runs/quick/report/report.html"
     )]
-    Report { dir: PathBuf },
+    Report {
+        dir: PathBuf,
+    },
     /// Sample documents from a checkpoint.
     #[command(
         after_help = "Example:\n  collapse-lab generate runs/quick/synthetic-only/rep-0/round-4/model.safetensors --count 3"
@@ -76,6 +82,14 @@ enum Command {
     )]
     Export(tools::ExportArgs),
     /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
+    #[command(
+        after_help = "Example:\n  collapse-lab theory configs/theory-figure2.toml --out runs/theory-figure2\n\nThe config's schedules (presets and [[schedule.custom]]) through the model of its [theory] section."
+    )]
+    Theory {
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     Bench(bench::BenchArgs),
     /// Check the engine on a device (gradients, cached decoding, loss curve against the CPU, device sampling).
     GpuCheck(gpucheck::CheckArgs),
@@ -130,6 +144,13 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Report { dir } => {
             let out = report::report(&dir)?;
             println!("{}", out.join("report.html").display());
+            Ok(())
+        }
+        Command::Theory { config, out } => {
+            let cfg = config::Config::load(&config)?;
+            let out = out.unwrap_or_else(|| pipeline::default_out(&config));
+            let dir = theory::run(&cfg, &out)?;
+            println!("{}", dir.join("report.html").display());
             Ok(())
         }
         Command::Generate(a) => tools::generate(a),

@@ -170,7 +170,7 @@ pub fn paired_difference(
     (!d.is_empty()).then(|| point(round, &d))
 }
 
-const COLORS: [RGBColor; 8] = [
+pub(crate) const COLORS: [RGBColor; 8] = [
     RGBColor(214, 39, 40),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
@@ -181,7 +181,7 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("cannot draw the plot: {e:?}")
 }
 
@@ -312,7 +312,7 @@ fn svg_panels(panels: &[(&str, Vec<Curve>)]) -> Result<String> {
 
 /// Rasterises the SVG with resvg and an embedded DejaVu Sans, so the PNG's text renders the same on machines
 /// without system fonts.
-fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
+pub(crate) fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
     let mut opt = resvg::usvg::Options::default();
     let db = opt.fontdb_mut();
     db.load_font_data(dejavu::sans::regular().to_vec());
@@ -412,7 +412,7 @@ fn difference_table(
     s
 }
 
-fn html_table(md: &str) -> String {
+pub(crate) fn html_table(md: &str) -> String {
     let mut out = String::from("<table>\n");
     for (i, line) in md.lines().enumerate().filter(|(i, _)| *i != 1) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();

@@ -650,6 +650,84 @@ fn export_and_import_in_the_hugging_face_layout() {
     assert_eq!(modes.len(), 1, "mixed permissions: {octal:?}");
 }
 
+/// A schedule of the config's own runs beside the presets, under its name, with the counts it planned.
+#[test]
+fn a_custom_schedule_runs_and_reports_under_its_name() {
+    let f = Fixture::new();
+    let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
+    let custom = format!(
+        "{cfg}\n[[schedule.custom]]\nname = \"n-fresh-plus-n-synthetic\"\nsize = {{ kind = \"fixed\", n = 24 }}\nalpha = {{ kind = \"fixed\", alpha = 0.5 }}\n"
+    );
+    std::fs::write(f.path("custom.toml"), custom).unwrap();
+    let o = f.run(&[
+        "run",
+        "custom.toml",
+        "--out",
+        "c",
+        "--only",
+        "n-fresh-plus-n-synthetic/0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = metrics(&f.path("c"));
+    assert_eq!(rows.len(), 3);
+    for (t, r) in rows.iter().enumerate() {
+        assert_eq!(r["setting"], "n-fresh-plus-n-synthetic");
+        assert_eq!(r["setting_number"], 4);
+        let want = if t == 0 { (24, 0) } else { (12, 12) };
+        assert_eq!(
+            (
+                r["fresh_docs"].as_u64().unwrap(),
+                r["synthetic_docs"].as_u64().unwrap()
+            ),
+            want,
+            "{r}"
+        );
+    }
+    let o = f.run(&["status", "c"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("n-fresh-plus-n-synthetic"));
+    assert!(f.run(&["report", "c"]).status.success());
+    let md = std::fs::read_to_string(f.path("c/report/summary.md")).unwrap();
+    assert!(md.contains("| n-fresh-plus-n-synthetic | 1 |"), "{md}");
+    let e = error_line(&f.run(&["run", "custom.toml", "--out", "c", "--only", "nope"]));
+    assert!(e.contains("setting \"nope\" is not in this config"), "{e}");
+}
+
+/// `theory` runs the paper's Figure 2 grid from its config: 30 schedules x 20 rounds, the exact recurrence
+/// inside the simulated band's neighbourhood, and the plot and page.
+#[test]
+fn theory_runs_the_figure_2_grid() {
+    let f = Fixture::new();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/theory-figure2.toml");
+    let o = f.run(&["theory", cfg.to_str().unwrap(), "--out", "th"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Value> = std::fs::read_to_string(f.path("th/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 30 * 20);
+    for r in &rows {
+        let (exact, mean, se) = (
+            r["exact_risk"].as_f64().unwrap(),
+            r["sim_mean"].as_f64().unwrap(),
+            r["sim_se"].as_f64().unwrap(),
+        );
+        assert!((mean - exact).abs() < 5.0 * se + 1e-12, "{r}");
+    }
+    for file in [
+        "risk.png",
+        "risk.svg",
+        "report.html",
+        "summary.md",
+        "metrics.csv",
+    ] {
+        assert!(f.path("th").join(file).exists(), "{file}");
+    }
+    std::fs::write(f.path("bad-theory.toml"), "[theory]\nrepetitions = 1\n").unwrap();
+    let e = error_line(&f.run(&["theory", "bad-theory.toml"]));
+    assert!(e.contains("repetitions must be at least 2"), "{e}");
+}
+
 /// Flips one bit of `path` in its middle; returns the original bytes.
 fn flip_a_bit(path: &Path) -> Vec<u8> {
     let orig = std::fs::read(path).unwrap();
