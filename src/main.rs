@@ -11,8 +11,10 @@ mod pipeline;
 mod progress;
 mod report;
 mod rundir;
+mod slurm;
 mod theory;
 mod tools;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -54,7 +56,19 @@ enum Command {
         /// Run only SETTING, or only SETTING/REP (e.g. synthetic-only/0).
         #[arg(long)]
         only: Option<String>,
+        /// Worker processes, each taking one chain (setting x repetition) at a time, with the cores split
+        /// between them.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Devices for the workers, in turn (e.g. cuda:0,cuda:1; several workers may share one GPU).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
     },
+    /// Write a Slurm job array for a run: one task per chain, each `collapse-lab run --only SETTING/REP`.
+    #[command(
+        after_help = "Example:\n  collapse-lab slurm configs/paper.toml --out /scratch/runs/paper --partition gpu --gpus-per-task 1 --time 02:00:00\n  sbatch /scratch/runs/paper/slurm/collapse-lab.sbatch\n\nTasks are requeued on preemption and resume where they stopped; `collapse-lab report` works on the directory meanwhile."
+    )]
+    Slurm(slurm::SlurmArgs),
     /// Show how far each setting and repetition of a run has come.
     #[command(after_help = "Example:\n  collapse-lab status runs/quick")]
     Status {
@@ -120,23 +134,51 @@ fn execute(cli: Cli) -> Result<()> {
             tokenizer,
             device,
             only,
+            jobs,
+            devices,
         } => {
             let mut cfg = config::Config::load(&config)?;
+            let mut passthrough = Vec::new();
             if let Some(d) = data {
+                passthrough.extend(["--data".to_string(), d.clone()]);
                 cfg.data.source = d;
             }
             if let Some(t) = tokenizer {
+                passthrough.extend(["--tokenizer".to_string(), t.clone()]);
                 cfg.data.tokenizer = t;
             }
             if let Some(d) = device {
                 cfg.experiment.device = d;
             }
-            let dev = device::parse_device(&cfg.experiment.device)?;
-            device::set_tf32(&dev, cfg.experiment.tf32);
             let sel = pipeline::parse_only(only.as_deref(), &cfg)?;
             let out = out.unwrap_or_else(|| pipeline::default_out(&config));
+            if jobs == 0 {
+                anyhow::bail!("--jobs must be at least 1");
+            }
+            if jobs > 1 || !devices.is_empty() {
+                let devices = if devices.is_empty() {
+                    vec![cfg.experiment.device.clone()]
+                } else {
+                    devices
+                };
+                for d in &devices {
+                    device::parse_device(d)?;
+                }
+                // Freeze the config (or refuse a different one) before any worker starts.
+                rundir::RunDir::open(&out, &cfg)?;
+                let args = workers::WorkerArgs {
+                    config: &config,
+                    out: &out,
+                    passthrough,
+                    devices,
+                };
+                return workers::run_jobs(args, &sel, jobs);
+            }
+            let dev = device::parse_device(&cfg.experiment.device)?;
+            device::set_tf32(&dev, cfg.experiment.tf32);
             pipeline::run(cfg, &out, dev, sel)
         }
+        Command::Slurm(a) => slurm::write(a),
         Command::Status { dir } => {
             print!("{}", pipeline::status(&dir)?);
             Ok(())

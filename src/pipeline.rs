@@ -21,8 +21,8 @@ use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, Trainer};
 use crate::config::{Config, SettingSpec, EOT_PROMPT};
 use crate::progress::Progress;
 use crate::rundir::{
-    frozen_config, read_json, read_verified, round_dir, write_atomic, write_json, write_verified,
-    RunDir,
+    chain_busy, frozen_config, read_json, read_verified, round_dir, write_atomic, write_json,
+    write_verified, RunDir,
 };
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
@@ -184,41 +184,75 @@ pub fn parse_only(only: Option<&str>, cfg: &Config) -> Result<Selection> {
     })
 }
 
+/// The chains of a selection in the order workers take them: setting by setting, so whole settings finish
+/// early and a partial report compares complete curves.
+pub fn chains(sel: &Selection) -> Vec<(SettingSpec, usize)> {
+    sel.settings
+        .iter()
+        .flat_map(|s| sel.reps.iter().map(move |&r| (s.clone(), r)))
+        .collect()
+}
+
 pub fn run(cfg: Config, out: &Path, device: Device, sel: Selection) -> Result<()> {
     let dir = RunDir::open(out, &cfg)?;
     let ctx = prepare(cfg, &dir, device)?;
-    let total = (sel.settings.len() * sel.reps.len() * ctx.cfg.schedule.rounds) as u64;
-    let mut done = 0;
-    for &rep in &sel.reps {
-        for s in &sel.settings {
-            for t in 0..ctx.cfg.schedule.rounds {
-                done += u64::from(dir.round_dir(&s.name, rep, t).join("metrics.json").exists());
-            }
+    let rounds = ctx.cfg.schedule.rounds;
+    let chains = chains(&sel);
+    let done = chains
+        .iter()
+        .flat_map(|(s, rep)| (0..rounds).map(move |t| (s, *rep, t)))
+        .filter(|(s, rep, t)| {
+            dir.round_dir(&s.name, *rep, *t)
+                .join("metrics.json")
+                .exists()
+        })
+        .count();
+    let mut progress = Progress::new((chains.len() * rounds) as u64, done as u64);
+    let mut busy = Vec::new();
+    for (setting, rep) in &chains {
+        let rep = *rep;
+        let finished = |t: usize| {
+            dir.round_dir(&setting.name, rep, t)
+                .join("metrics.json")
+                .exists()
+        };
+        if (0..rounds).all(finished) {
+            continue;
         }
-    }
-    let mut progress = Progress::new(total, done);
-    for &rep in &sel.reps {
-        for setting in &sel.settings {
-            let mut samples = SampleStore::default();
-            for t in 0..ctx.cfg.schedule.rounds {
-                let rd = dir.round_dir(&setting.name, rep, t);
-                if rd.join("metrics.json").exists() {
-                    continue;
-                }
-                progress.start_round(format!("{setting} rep {rep} round {t}"));
-                run_round(&ctx, &dir, &progress, &mut samples, setting, rep, t)?;
-                rebuild_metrics(&dir.root)?;
-                progress.finish_round();
+        let Some(_chain) = dir.try_lock_chain(&setting.name, rep)? else {
+            progress.note(&format!(
+                "chain {setting}/{rep} is busy in another process: leaving it to that one"
+            ));
+            busy.push(format!("{setting}/{rep}"));
+            continue;
+        };
+        let mut samples = SampleStore::default();
+        for t in 0..rounds {
+            if finished(t) {
+                continue;
             }
+            progress.start_round(format!("{setting} rep {rep} round {t}"));
+            run_round(&ctx, &dir, &progress, &mut samples, setting, rep, t)?;
+            rebuild_metrics(&dir)?;
+            progress.finish_round();
         }
     }
     progress.finish();
-    rebuild_metrics(&dir.root)?;
-    eprintln!(
-        "[collapse-lab] run complete: {} (see `collapse-lab report {}`)",
-        dir.root.join("metrics.jsonl").display(),
-        dir.root.display()
-    );
+    rebuild_metrics(&dir)?;
+    if busy.is_empty() {
+        eprintln!(
+            "[collapse-lab] run complete: {} (see `collapse-lab report {}`)",
+            dir.root.join("metrics.jsonl").display(),
+            dir.root.display()
+        );
+    } else {
+        eprintln!(
+            "[collapse-lab] done here; {} chain(s) were busy in other processes ({}): `collapse-lab status {}` shows them",
+            busy.len(),
+            busy.join(", "),
+            dir.root.display()
+        );
+    }
     Ok(())
 }
 
@@ -237,6 +271,8 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         })
         .collect::<corpus::Result<_>>()?;
     let tok_path = dir.root.join("tokenizer.json");
+    // The tokenizer is trained once, whichever process gets here first.
+    let _shared = dir.lock_shared_files()?;
     let tok = if tok_path.exists() {
         let json = read_verified(&tok_path, "delete it to rebuild the tokenizer")?;
         Tokenizer::from_json(&String::from_utf8_lossy(&json))
@@ -256,6 +292,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         write_verified(&tok_path, tok.to_json()?.as_bytes())?;
         tok
     };
+    drop(_shared);
     eprintln!(
         "[collapse-lab] tokenising {n} documents ({} removed by cleaning)",
         real.report.input - n
@@ -940,13 +977,15 @@ pub fn collect_metrics(root: &Path) -> Result<Vec<MetricsRow>> {
     Ok(rows)
 }
 
-fn rebuild_metrics(root: &Path) -> Result<()> {
+/// `metrics.jsonl` rebuilt from every round's own `metrics.json`, under the directory's lock.
+fn rebuild_metrics(dir: &RunDir) -> Result<()> {
+    let _shared = dir.lock_shared_files()?;
     let mut out = String::new();
-    for r in collect_metrics(root)? {
+    for r in collect_metrics(&dir.root)? {
         out.push_str(&serde_json::to_string(&r)?);
         out.push('\n');
     }
-    write_atomic(&root.join("metrics.jsonl"), out.as_bytes())
+    write_atomic(&dir.root.join("metrics.jsonl"), out.as_bytes())
 }
 
 /// Where each (setting, repetition) stands: rounds finished and the phase of the next one.
@@ -981,6 +1020,11 @@ pub fn status(root: &Path) -> Result<String> {
                     .map(|(_, s)| format!(" (checkpoint at step {s})"))
                     .unwrap_or_default();
                 format!("round {done}: {phase}{step}")
+            };
+            let next = if chain_busy(root, &s.name, rep) {
+                format!("{next} (running in another process)")
+            } else {
+                next
             };
             out.push_str(&format!(
                 "{:<16} {:>4}  {:>3}/{:<3}  {next}\n",

@@ -1,5 +1,8 @@
-//! The run directory: the only state of a run. Every file is written atomically, a lock keeps a second
-//! process out, and the frozen config makes a resumed run refuse a different experiment.
+//! The run directory: the only state of a run, safe for several processes at once. Every file is written
+//! atomically; a chain (one setting's repetition) is worked on by one process at a time under its own lock;
+//! the files every chain shares (the frozen config, the tokenizer, the metrics index) are written in short
+//! sections under the directory's lock; and the frozen config makes a resumed run refuse a different
+//! experiment.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,13 +14,25 @@ use crate::config::Config;
 
 pub struct RunDir {
     pub root: PathBuf,
-    /// Held for the life of the run; the kernel releases it if the process dies, even by SIGKILL.
-    _lock: File,
+}
+
+/// An exclusive advisory lock (flock), released when dropped or when the process dies, even by SIGKILL.
+pub struct Lock(#[allow(dead_code)] File);
+
+fn lock_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}: choose a writable --out", path.display()))
 }
 
 impl RunDir {
-    /// Opens (or creates) a run directory for `cfg`: takes the lock, then freezes the config or checks that it
-    /// is the frozen one.
+    /// Opens (or creates) a run directory for `cfg`: freezes the config, or checks that it is the frozen one.
     pub fn open(root: &Path, cfg: &Config) -> Result<Self> {
         std::fs::create_dir_all(root).with_context(|| {
             format!(
@@ -25,33 +40,10 @@ impl RunDir {
                 root.display()
             )
         })?;
-        let lock_path = root.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| {
-                format!(
-                    "cannot write in {}: choose a writable --out",
-                    root.display()
-                )
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "another collapse-lab process is running on {} (lock file {}); wait for it or stop it",
-                root.display(),
-                lock_path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-            }
-        }
         let dir = Self {
             root: root.to_path_buf(),
-            _lock: lock,
         };
+        let _shared = dir.lock_shared_files()?;
         let frozen = dir.root.join("config.toml");
         if frozen.exists() {
             let old = frozen_config(root)?;
@@ -69,9 +61,44 @@ impl RunDir {
         Ok(dir)
     }
 
+    /// The directory's lock, held (waiting for it if need be) while writing a file every chain shares.
+    pub fn lock_shared_files(&self) -> Result<Lock> {
+        let path = self.root.join("lock");
+        let f = lock_file(&path)?;
+        f.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(Lock(f))
+    }
+
+    /// The lock of one chain, if no other process holds it.
+    pub fn try_lock_chain(&self, setting: &str, rep: usize) -> Result<Option<Lock>> {
+        let path = self
+            .root
+            .join(setting)
+            .join(format!("rep-{rep}"))
+            .join("lock");
+        let f = lock_file(&path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Lock(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
     pub fn round_dir(&self, setting: &str, rep: usize, round: usize) -> PathBuf {
         round_dir(&self.root, setting, rep, round)
     }
+}
+
+/// Whether another process works on a chain now (for `status`).
+pub fn chain_busy(root: &Path, setting: &str, rep: usize) -> bool {
+    let path = root.join(setting).join(format!("rep-{rep}")).join("lock");
+    File::options()
+        .write(true)
+        .open(path)
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 /// The config frozen in a run directory, checked against its SHA-256.

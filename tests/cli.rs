@@ -432,14 +432,30 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
         .success());
     assert_eq!(metrics(&f.path("r")), reference);
 
-    // A second process on the same directory.
+    // A chain another process works on is left to it: this one says so and exits cleanly, touching nothing
+    // of that chain; `status` shows it running.
     let lock = std::fs::File::options()
         .write(true)
-        .open(f.path("r/lock"))
+        .open(f.path("r/accumulate/rep-0/lock"))
         .unwrap();
     lock.lock().unwrap();
-    let e = error_line(&f.run(&["run", "config.toml", "--out", "r"]));
-    assert!(e.contains("another collapse-lab process is running"), "{e}");
+    std::fs::remove_file(f.path("r/accumulate/rep-0/round-2/metrics.json")).unwrap();
+    let o = f.run(&["run", "config.toml", "--out", "r"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("chain accumulate/0 is busy in another process"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!f.path("r/accumulate/rep-0/round-2/metrics.json").exists());
+    let st = String::from_utf8_lossy(&f.run(&["status", "r"]).stdout).into_owned();
+    assert!(st.contains("running in another process"), "{st}");
+    drop(lock);
+    assert!(f
+        .run(&["run", "config.toml", "--out", "r"])
+        .status
+        .success());
+    assert_eq!(metrics(&f.path("r")), reference);
 }
 
 #[cfg(target_os = "linux")]
@@ -726,6 +742,98 @@ fn theory_runs_the_figure_2_grid() {
     std::fs::write(f.path("bad-theory.toml"), "[theory]\nrepetitions = 1\n").unwrap();
     let e = error_line(&f.run(&["theory", "bad-theory.toml"]));
     assert!(e.contains("repetitions must be at least 2"), "{e}");
+}
+
+/// Several processes on one run directory: two `--only` selections at once, a chain killed mid-round in one
+/// process and resumed by another, and `run --jobs 2` all give a single process's metrics, bit for bit.
+#[test]
+fn processes_share_a_run_directory_by_chain() {
+    let f = Fixture::new();
+    assert!(f
+        .run(&["run", "config.toml", "--out", "ref"])
+        .status
+        .success());
+    let reference = metrics(&f.path("ref"));
+
+    let spawn = |only: &str| {
+        f.cmd(&["run", "config.toml", "--out", "p", "--only", only])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("synthetic-only");
+    let mut b = spawn("accumulate");
+    // Kill b once its first training checkpoint exists: mid-round.
+    let round0 = f.path("p/accumulate/rep-0/round-0");
+    loop {
+        let ck = std::fs::read_dir(&round0).ok().is_some_and(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("ckpt-") && !n.ends_with(".partial")
+            })
+        });
+        if ck {
+            break;
+        }
+        assert!(
+            b.try_wait().unwrap().is_none(),
+            "accumulate finished before a checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let out = a.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another process resumes the killed chain, and the rest.
+    let o = f.run(&["run", "config.toml", "--out", "p"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming training"), "{}", stderr(&o));
+    assert_eq!(metrics(&f.path("p")), reference);
+
+    let o = f.run(&["run", "config.toml", "--out", "j", "--jobs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[worker 1"), "{}", stderr(&o));
+    assert_eq!(metrics(&f.path("j")), reference);
+}
+
+/// `slurm` writes a job array with one task per chain, each a resumable `run --only` of the frozen config.
+#[test]
+fn slurm_writes_a_job_array_of_chains() {
+    let f = Fixture::new();
+    let o = f.run(&[
+        "slurm",
+        "config.toml",
+        "--out",
+        "s",
+        "--partition",
+        "gpu",
+        "--gpus-per-task",
+        "1",
+        "--time",
+        "01:00:00",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = std::fs::read_to_string(f.path("s/slurm/collapse-lab.sbatch")).unwrap();
+    for want in [
+        "#SBATCH --array=0-2\n",
+        "#SBATCH --requeue",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --time=01:00:00",
+        "CHAINS=(synthetic-only/0 accumulate/0 decaying-alpha/0)",
+        "--only \"${CHAINS[$SLURM_ARRAY_TASK_ID]}\"",
+    ] {
+        assert!(script.contains(want), "{want} missing from:\n{script}");
+    }
+    assert!(
+        f.path("s/config.toml").exists(),
+        "the config is frozen before any task runs"
+    );
 }
 
 /// Flips one bit of `path` in its middle; returns the original bytes.

@@ -1,0 +1,106 @@
+//! `collapse-lab slurm`: a Slurm job array for a run, one task per chain. Every task is a plain
+//! `collapse-lab run` of the run directory's frozen config with `--only SETTING/REP`, so a task that is
+//! preempted and requeued resumes from its last checkpoint, tasks never contend for a chain (each has its own
+//! lock), and `collapse-lab report` works on the directory while they run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::config::Config;
+use crate::pipeline::{chains, parse_only};
+use crate::rundir::{write_atomic, RunDir};
+
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    /// The experiment's TOML config.
+    pub config: PathBuf,
+    /// The run directory, on storage every node sees.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// GPUs per task (`--gres=gpu:G`); tasks then run on `cuda`.
+    #[arg(long)]
+    pub gpus_per_task: Option<u32>,
+    /// Wall time per task, e.g. 02:00:00.
+    #[arg(long, default_value = "04:00:00")]
+    pub time: String,
+    #[arg(long, default_value_t = 2)]
+    pub cpus_per_task: u32,
+    /// Data source and tokenizer overriding the config's (frozen into the run directory's config).
+    #[arg(long, env = "COLLAPSE_DATA")]
+    pub data: Option<String>,
+    #[arg(long, env = "COLLAPSE_TOKENIZER")]
+    pub tokenizer: Option<String>,
+    /// Only SETTING or SETTING/REP.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// At most this many tasks at once (`--array=...%N`).
+    #[arg(long)]
+    pub max_running: Option<u32>,
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// Writes `OUT/slurm/collapse-lab.sbatch` and prints its path.
+pub fn write(a: SlurmArgs) -> Result<()> {
+    let mut cfg = Config::load(&a.config)?;
+    if let Some(d) = &a.data {
+        cfg.data.source = d.clone();
+    }
+    if let Some(t) = &a.tokenizer {
+        cfg.data.tokenizer = t.clone();
+    }
+    if a.gpus_per_task.is_some() {
+        cfg.experiment.device = "cuda".into();
+    }
+    let sel = parse_only(a.only.as_deref(), &cfg)?;
+    let out = absolute(&a.out)?;
+    // Freeze the config now: every task runs exactly it, and a changed config is refused here, not on a node.
+    RunDir::open(&out, &cfg)?;
+    let exe = std::env::current_exe().context("cannot find the collapse-lab binary")?;
+    let tasks: Vec<String> = chains(&sel)
+        .into_iter()
+        .map(|(s, r)| format!("{}/{r}", s.name))
+        .collect();
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut head = format!(
+        "#!/bin/bash\n# {} chains of {} (written by `collapse-lab slurm`). Submit with: sbatch {}\n\
+         #SBATCH --job-name=collapse-lab\n#SBATCH --array=0-{}{}\n#SBATCH --requeue\n#SBATCH --open-mode=append\n\
+         #SBATCH --output={}/slurm/logs/%A_%a.log\n#SBATCH --time={}\n#SBATCH --cpus-per-task={}\n",
+        tasks.len(),
+        a.config.display(),
+        out.join("slurm/collapse-lab.sbatch").display(),
+        tasks.len() - 1,
+        a.max_running.map_or(String::new(), |m| format!("%{m}")),
+        out.display(),
+        a.time,
+        a.cpus_per_task
+    );
+    if let Some(p) = &a.partition {
+        head.push_str(&format!("#SBATCH --partition={p}\n"));
+    }
+    if let Some(g) = a.gpus_per_task {
+        head.push_str(&format!("#SBATCH --gres=gpu:{g}\n"));
+    }
+    let script = format!(
+        "{head}\nset -euo pipefail\nCHAINS=({})\nexport RAYON_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{}}}\n\
+         # A requeued task starts again here and resumes its chain from the last checkpoint.\n\
+         exec {} run {} --out {} --only \"${{CHAINS[$SLURM_ARRAY_TASK_ID]}}\"\n",
+        tasks.join(" "),
+        a.cpus_per_task,
+        q(&exe.to_string_lossy()),
+        q(&out.join("config.toml").to_string_lossy()),
+        q(&out.to_string_lossy()),
+    );
+    let path = out.join("slurm/collapse-lab.sbatch");
+    std::fs::create_dir_all(out.join("slurm/logs"))
+        .with_context(|| format!("cannot create {}", out.join("slurm/logs").display()))?;
+    write_atomic(&path, script.as_bytes())?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `run --jobs N`: N worker processes pull chains (one setting's repetition each) from the grid, setting by
+//! setting, each a `collapse-lab run --only SETTING/REP` on the same run directory.
+//!
+//! Processes rather than threads: candle and gemm use one global rayon pool per process, so threads would
+//! share (and fight over) one pool, while a process per worker gets its own pool of `cores / N` threads,
+//! its own device (`--devices`), and its own fate: a worker that crashes takes one chain down, which the
+//! next run resumes. The run directory's per-chain locks keep workers (and any other process) apart.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::pipeline::{chains, Selection};
+
+/// What every worker is given beside its chain.
+pub struct WorkerArgs<'a> {
+    pub config: &'a Path,
+    pub out: &'a Path,
+    /// `--data`, `--tokenizer` as given to the parent.
+    pub passthrough: Vec<String>,
+    /// One device per worker, in turn (`cpu` or `cuda:N`).
+    pub devices: Vec<String>,
+}
+
+pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the collapse-lab binary")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / jobs).max(1);
+    let mut queue: std::collections::VecDeque<String> = chains(sel)
+        .into_iter()
+        .map(|(s, r)| format!("{}/{r}", s.name))
+        .collect();
+    eprintln!(
+        "[collapse-lab] {} chains on {jobs} workers, {threads} thread(s) each",
+        queue.len()
+    );
+    let mut running: Vec<(usize, String, Child, std::thread::JoinHandle<String>)> = Vec::new();
+    let mut failed = Vec::new();
+    let mut next_worker = 0;
+    let mut free: Vec<usize> = (0..jobs).rev().collect();
+    loop {
+        while let (Some(w), Some(chain)) = (free.last().copied(), queue.front().cloned()) {
+            free.pop();
+            queue.pop_front();
+            let device = &args.devices[w % args.devices.len()];
+            let mut child = Command::new(&exe)
+                .arg("run")
+                .arg(args.config)
+                .arg("--out")
+                .arg(args.out)
+                .args(["--only", &chain, "--device", device])
+                .args(&args.passthrough)
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot start a worker process")?;
+            let stderr = child.stderr.take().expect("piped");
+            let label = format!("[worker {w} {chain}]");
+            // Every worker's progress, one prefixed line at a time; the last line is kept for errors.
+            let reader = std::thread::spawn(move || {
+                let mut last = String::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let line = line.trim_start_matches("[collapse-lab] ").to_string();
+                    eprintln!("{label} {line}");
+                    last = line;
+                }
+                last
+            });
+            running.push((w, chain, child, reader));
+            next_worker += 1;
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].2.try_wait()? {
+                let (w, chain, _, reader) = running.swap_remove(i);
+                let last = reader.join().unwrap_or_default();
+                if !status.success() {
+                    failed.push(format!("{chain} ({last})"));
+                }
+                free.push(w);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {next_worker} chains failed: {}; run again to resume them",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    eprintln!(
+        "[collapse-lab] all {next_worker} chains done (see `collapse-lab report {}`)",
+        args.out.display()
+    );
+    Ok(())
+}
