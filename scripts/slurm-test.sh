@@ -128,6 +128,7 @@ strip() { python3 -c 'import json,sys; [print(json.dumps({k: v for k, v in json.
 if diff <(strip "$W/single/metrics.jsonl") <(strip "$W/array/metrics.jsonl") > "$W/diff.txt" \
    && [ "$(wc -l < "$W/single/metrics.jsonl")" -eq 12 ]; then
   echo "PASS: the Slurm job array's $(wc -l < "$W/array/metrics.jsonl") metrics rows equal the single process's, bit for bit"
+  echo "slurm: 1 passed, 0 failed"
 else
   echo "FAIL: metrics differ from the single process's:"; cat "$W/diff.txt"; tail -20 "$W"/array/slurm/logs/* || true
   exit 1
