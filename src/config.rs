@@ -611,13 +611,11 @@ accumulate = true
             .collect();
         // n_t = 10 (t+1)^2, alpha_t = (t+1)^-1/2, accumulating: 40 x 0.707 = 28.3 -> 28 fresh; 90 / sqrt(3).
         assert_eq!(counts, [(10, 0, 10), (28, 12, 50), (52, 38, 140)]);
-        assert_eq!(
-            c.setting("4")
-                .unwrap_err()
-                .to_string()
-                .contains("not in this config"),
-            true
-        );
+        assert!(c
+            .setting("4")
+            .unwrap_err()
+            .to_string()
+            .contains("not in this config"));
         assert_eq!(c.setting("n-fresh-plus-n-synthetic").unwrap().number, 4);
         assert_eq!(c.setting("2").unwrap().name, "fixed-alpha");
         let e = s[1].schedule.plan(3, 300).unwrap_err().to_string();

@@ -461,13 +461,13 @@ enum Uniforms {
     /// The device's own generator, seeded once.
     Device(candle_core::Device),
     /// A seeded host stream, for the CPU.
-    Host(ChaCha8Rng),
+    Host(Box<ChaCha8Rng>),
 }
 
 impl Uniforms {
     fn new(dev: &candle_core::Device, seed: u64) -> Result<Self> {
         if dev.is_cpu() {
-            return Ok(Self::Host(ChaCha8Rng::seed_from_u64(seed)));
+            return Ok(Self::Host(Box::new(ChaCha8Rng::seed_from_u64(seed))));
         }
         dev.set_seed(seed)?;
         Ok(Self::Device(dev.clone()))
