@@ -765,16 +765,7 @@ fn processes_share_a_run_directory_by_chain() {
     let mut b = spawn("accumulate");
     // Kill b once its first training checkpoint exists: mid-round.
     let round0 = f.path("p/accumulate/rep-0/round-0");
-    loop {
-        let ck = std::fs::read_dir(&round0).ok().is_some_and(|d| {
-            d.flatten().any(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.starts_with("ckpt-") && !n.ends_with(".partial")
-            })
-        });
-        if ck {
-            break;
-        }
+    while finished_checkpoint(&round0).is_none() {
         assert!(
             b.try_wait().unwrap().is_none(),
             "accumulate finished before a checkpoint"
@@ -834,6 +825,18 @@ fn slurm_writes_a_job_array_of_chains() {
         f.path("s/config.toml").exists(),
         "the config is frozen before any task runs"
     );
+}
+
+/// A round's finished training checkpoint (`ckpt-STEP`, not `.partial`), if it has one.
+fn finished_checkpoint(round_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(round_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("ckpt-") && !n.ends_with(".partial")
+        })
 }
 
 /// Flips one bit of `path` in its middle; returns the original bytes.
@@ -901,15 +904,7 @@ fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
         .spawn()
         .unwrap();
     let round0 = f.path("k/synthetic-only/rep-0/round-0");
-    let finished_checkpoint = || {
-        std::fs::read_dir(&round0).ok().and_then(|d| {
-            d.flatten().map(|e| e.path()).find(|p| {
-                let n = p.file_name().unwrap().to_string_lossy();
-                n.starts_with("ckpt-") && !n.ends_with(".partial")
-            })
-        })
-    };
-    while finished_checkpoint().is_none() {
+    while finished_checkpoint(&round0).is_none() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before its first checkpoint"
@@ -918,7 +913,7 @@ fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let ck = finished_checkpoint().expect("a finished checkpoint");
+    let ck = finished_checkpoint(&round0).expect("a finished checkpoint");
     for file in ["state.json", "model.safetensors", "optimizer.safetensors"] {
         let path = ck.join(file);
         let orig = flip_a_bit(&path);
