@@ -671,6 +671,12 @@ fn export_and_import_in_the_hugging_face_layout() {
 fn a_custom_schedule_runs_and_reports_under_its_name() {
     let f = Fixture::new();
     let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
+    // With a second evaluation set (the committed 2020s sample), which the report treats like the first.
+    let second = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movies_2020s_sample.csv.zst");
+    let cfg = cfg.replace(
+        "heldout_docs = 6\n",
+        &format!("heldout_docs = 6\nsecond_eval = \"{}\"\nsecond_eval_docs = 10\n", second.display()),
+    );
     let custom = format!(
         "{cfg}\n[[schedule.custom]]\nname = \"n-fresh-plus-n-synthetic\"\nsize = {{ kind = \"fixed\", n = 24 }}\nalpha = {{ kind = \"fixed\", alpha = 0.5 }}\n"
     );
@@ -704,6 +710,9 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     assert!(f.run(&["report", "c"]).status.success());
     let md = std::fs::read_to_string(f.path("c/report/summary.md")).unwrap();
     assert!(md.contains("| n-fresh-plus-n-synthetic | 1 |"), "{md}");
+    assert!(md.contains("### Second evaluation set: paired change"), "{md}");
+    assert!(f.path("c/report/second-change.png").exists());
+    assert!(rows.iter().all(|r| r["second_perplexity"].as_f64().unwrap() > 1.0));
     let e = error_line(&f.run(&["run", "custom.toml", "--out", "c", "--only", "nope"]));
     assert!(e.contains("setting \"nope\" is not in this config"), "{e}");
 }
