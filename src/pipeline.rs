@@ -350,6 +350,33 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
     })
 }
 
+impl Ctx {
+    /// n_0 of a setting: the settings of a repetition whose round 0 has the same size share it.
+    fn n0(&self, setting: &str) -> usize {
+        self.plans[setting].rounds[0].new_docs
+    }
+}
+
+/// The repetition's round 0, shared by every setting whose schedule starts with `n0` documents: its
+/// manifest, model, evaluation and samples are the same for all of them (every random draw is keyed by
+/// repetition and round, never by setting), so they are computed once.
+pub fn shared_round0_dir(root: &Path, n0: usize, rep: usize) -> PathBuf {
+    root.join("round-0")
+        .join(format!("n-{n0}"))
+        .join(format!("rep-{rep}"))
+}
+
+/// Where round `t` of a chain keeps the files of its phases (all but its metrics): the shared round 0, or
+/// the chain's own round directory. Run directories from before the sharing keep round 0 in each chain.
+pub fn phase_dir(root: &Path, setting: &str, n0: usize, rep: usize, t: usize) -> PathBuf {
+    let own = round_dir(root, setting, rep, t);
+    if t > 0 || own.join("manifest.json").exists() {
+        own
+    } else {
+        shared_round0_dir(root, n0, rep)
+    }
+}
+
 /// A round's generated documents, in order, and their tokens by id.
 type RoundSamples = (Vec<Document>, HashMap<String, Vec<u32>>);
 
@@ -369,8 +396,9 @@ impl SampleStore {
         round: usize,
     ) -> Result<&RoundSamples> {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.rounds.entry(round) {
-            let docs =
-                read_samples(&round_dir(root, setting, rep, round).join("samples.jsonl.zst"))?;
+            let docs = read_samples(
+                &phase_dir(root, setting, ctx.n0(setting), rep, round).join("samples.jsonl.zst"),
+            )?;
             let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
             let toks = ctx.tok.encode_all(&texts)?;
             let map = docs.iter().map(|d| d.id.clone()).zip(toks).collect();
@@ -390,14 +418,21 @@ fn run_round(
     t: usize,
 ) -> Result<()> {
     let cfg = &ctx.cfg;
+    // Phases 1-4 write to `pd`: for round 0 the repetition's shared directory, computed by whichever chain
+    // gets there first while the others wait; the round's metrics (phase 5) go to the chain's own `rd`.
     let rd = dir.round_dir(&setting.name, rep, t);
-    std::fs::create_dir_all(&rd).with_context(|| format!("cannot create {}", rd.display()))?;
+    let n0 = ctx.n0(&setting.name);
+    let pd = phase_dir(&dir.root, &setting.name, n0, rep, t);
+    for d in [&rd, &pd] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let shared = (pd != rd).then(|| dir.lock_round0(&pd)).transpose()?;
     let plan = &ctx.plans[&setting.name];
     let schedule = &setting.schedule;
 
     // Phase 1: compose D_t.
     let started = Instant::now();
-    let manifest_path = rd.join("manifest.json");
+    let manifest_path = pd.join("manifest.json");
     let manifest = if manifest_path.exists() {
         read_json::<Manifest>(&manifest_path)?
     } else {
@@ -410,8 +445,7 @@ fn run_round(
         };
         let previous = if schedule.accumulate && t > 0 {
             Some(read_json::<Manifest>(
-                &dir.round_dir(&setting.name, rep, t - 1)
-                    .join("manifest.json"),
+                &phase_dir(&dir.root, &setting.name, n0, rep, t - 1).join("manifest.json"),
             )?)
         } else {
             None
@@ -432,7 +466,7 @@ fn run_round(
     let wall_compose = started.elapsed().as_secs_f64();
 
     // Phase 2: train model_t from scratch (or from its last checkpoint).
-    let model_path = rd.join("model.safetensors");
+    let model_path = pd.join("model.safetensors");
     let (model, train_rec) = if model_path.exists() {
         let model = load_model(&model_path, &ctx.device, "delete it to retrain this round")?;
         if model.config() != &cfg.gpt(ctx.tok.vocab_size()) {
@@ -441,7 +475,7 @@ fn run_round(
                 model_path.display()
             );
         }
-        (model, read_json::<TrainRecord>(&rd.join("train.json"))?)
+        (model, read_json::<TrainRecord>(&pd.join("train.json"))?)
     } else {
         let stream = round_stream(
             ctx,
@@ -452,11 +486,11 @@ fn run_round(
             &manifest,
             &manifest_path,
         )?;
-        train_phase(ctx, &rd, progress, &stream, rep, t)?
+        train_phase(ctx, &pd, progress, &stream, rep, t)?
     };
 
     // Phase 3: evaluate.
-    let eval_path = rd.join("eval.json");
+    let eval_path = pd.join("eval.json");
     let eval: EvalRecord = if eval_path.exists() {
         read_json(&eval_path)?
     } else {
@@ -480,23 +514,35 @@ fn run_round(
     };
 
     // Phase 4: generate the next round's synthetic documents (and at least `min_docs` for statistics).
-    let samples_path = rd.join("samples.jsonl.zst");
+    let samples_path = pd.join("samples.jsonl.zst");
     let started = Instant::now();
+    let own_count = plan.to_generate_after(t).max(cfg.generation.min_docs);
     if !samples_path.exists() {
-        let count = plan.to_generate_after(t).max(cfg.generation.min_docs);
+        // A shared round 0 writes what every setting sharing it needs; each takes the first it needs.
+        let count = if pd == rd {
+            own_count
+        } else {
+            ctx.plans
+                .values()
+                .filter(|p| p.rounds[0].new_docs == n0)
+                .map(|p| p.to_generate_after(0))
+                .fold(own_count, usize::max)
+        };
         generate_phase(
             ctx,
             progress,
             &model,
             &samples_path,
             &dir.root,
-            &rd,
+            &pd,
             count,
             rep,
             t,
         )?;
     }
-    let (wall_meta, generated) = read_samples_file(&samples_path)?;
+    drop(shared);
+    let (wall_meta, mut generated) = read_samples_file(&samples_path)?;
+    generated.truncate(own_count);
     let wall_generate = wall_meta.unwrap_or(started.elapsed().as_secs_f64());
     let gen = GenerationStats::of(
         &generated,
@@ -932,8 +978,15 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     if row.stats_docs == want.min(row.generated_docs) && row.stats_docs > 0 {
         return Ok(());
     }
-    let path = round_dir(root, &row.setting, row.repetition, row.round).join("samples.jsonl.zst");
-    let (_, samples) = read_samples_file(&path)?;
+    let plan = cfg
+        .setting(&row.setting)?
+        .schedule
+        .plan(cfg.schedule.rounds, usize::MAX)?;
+    let n0 = plan.rounds[0].new_docs;
+    let path =
+        phase_dir(root, &row.setting, n0, row.repetition, row.round).join("samples.jsonl.zst");
+    let (_, mut samples) = read_samples_file(&path)?;
+    samples.truncate(plan.to_generate_after(row.round).max(want));
     let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
     row.generated_docs = samples.len();
     row.stats_docs = g.text.documents;
@@ -993,6 +1046,7 @@ pub fn status(root: &Path) -> Result<String> {
     let cfg = frozen_config(root)?;
     let mut out = format!("{:<16} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
     for s in cfg.settings()? {
+        let n0 = s.schedule.plan(cfg.schedule.rounds, usize::MAX)?.rounds[0].new_docs;
         for rep in 0..cfg.experiment.repetitions {
             let done = (0..cfg.schedule.rounds)
                 .take_while(|&t| {
@@ -1004,7 +1058,7 @@ pub fn status(root: &Path) -> Result<String> {
             let next = if done == cfg.schedule.rounds {
                 "done".to_string()
             } else {
-                let rd = round_dir(root, &s.name, rep, done);
+                let rd = phase_dir(root, &s.name, n0, rep, done);
                 let phase = if rd.join("samples.jsonl.zst").exists() {
                     "metrics"
                 } else if rd.join("eval.json").exists() {

@@ -70,6 +70,15 @@ impl RunDir {
         Ok(Lock(f))
     }
 
+    /// The lock of a shared round 0, waiting while another chain computes it.
+    pub fn lock_round0(&self, dir: &Path) -> Result<Lock> {
+        let path = dir.join("lock");
+        let f = lock_file(&path)?;
+        f.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(Lock(f))
+    }
+
     /// The lock of one chain, if no other process holds it.
     pub fn try_lock_chain(&self, setting: &str, rep: usize) -> Result<Option<Lock>> {
         let path = self

@@ -236,11 +236,12 @@ fn report_and_status_work_on_a_partial_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = f.run(&["status", "part"]);
     let s = String::from_utf8_lossy(&o.stdout);
+    // Round 0 is the repetition's, shared: the other settings need only write its metrics.
     assert!(
         s.contains("accumulate")
             && s.contains("3/3")
             && s.contains("synthetic-only")
-            && s.contains("round 0: compose"),
+            && s.contains("round 0: metrics"),
         "{s}"
     );
     let o = f.run(&["report", "part"]);
@@ -494,7 +495,7 @@ fn a_full_disk_during_a_checkpoint_loses_nothing() {
     let o = cmd.output().unwrap();
     let e = error_line(&o);
     assert!(e.contains("disk full"), "{e}");
-    let rd = f.path("full/synthetic-only/rep-0/round-0");
+    let rd = f.path("full/round-0/n-12/rep-0");
     assert!(rd.join("manifest.json").exists());
     assert!(
         std::fs::read_dir(&rd).unwrap().flatten().all(|e| {
@@ -625,7 +626,7 @@ fn export_and_import_in_the_hugging_face_layout() {
     assert!(o.status.success(), "{}", stderr(&o));
     let first_loss = |dir: &str| -> f64 {
         let v: Value = serde_json::from_slice(
-            &std::fs::read(f.path(dir).join("synthetic-only/rep-0/round-0/train.json")).unwrap(),
+            &std::fs::read(f.path(dir).join("round-0/n-12/rep-0/train.json")).unwrap(),
         )
         .unwrap();
         v["losses"][0][1].as_f64().unwrap()
@@ -672,10 +673,14 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     let f = Fixture::new();
     let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
     // With a second evaluation set (the committed 2020s sample), which the report treats like the first.
-    let second = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movies_2020s_sample.csv.zst");
+    let second =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movies_2020s_sample.csv.zst");
     let cfg = cfg.replace(
         "heldout_docs = 6\n",
-        &format!("heldout_docs = 6\nsecond_eval = \"{}\"\nsecond_eval_docs = 10\n", second.display()),
+        &format!(
+            "heldout_docs = 6\nsecond_eval = \"{}\"\nsecond_eval_docs = 10\n",
+            second.display()
+        ),
     );
     let custom = format!(
         "{cfg}\n[[schedule.custom]]\nname = \"n-fresh-plus-n-synthetic\"\nsize = {{ kind = \"fixed\", n = 24 }}\nalpha = {{ kind = \"fixed\", alpha = 0.5 }}\n"
@@ -710,9 +715,14 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     assert!(f.run(&["report", "c"]).status.success());
     let md = std::fs::read_to_string(f.path("c/report/summary.md")).unwrap();
     assert!(md.contains("| n-fresh-plus-n-synthetic | 1 |"), "{md}");
-    assert!(md.contains("### Second evaluation set: paired change"), "{md}");
+    assert!(
+        md.contains("### Second evaluation set: paired change"),
+        "{md}"
+    );
     assert!(f.path("c/report/second-change.png").exists());
-    assert!(rows.iter().all(|r| r["second_perplexity"].as_f64().unwrap() > 1.0));
+    assert!(rows
+        .iter()
+        .all(|r| r["second_perplexity"].as_f64().unwrap() > 1.0));
     let e = error_line(&f.run(&["run", "custom.toml", "--out", "c", "--only", "nope"]));
     assert!(e.contains("setting \"nope\" is not in this config"), "{e}");
 }
@@ -763,6 +773,15 @@ fn processes_share_a_run_directory_by_chain() {
         .status
         .success());
     let reference = metrics(&f.path("ref"));
+    // Round 0 was trained once for the repetition, not once per setting.
+    assert!(f.path("ref/round-0/n-12/rep-0/model.safetensors").exists());
+    for s in ["synthetic-only", "accumulate", "decaying-alpha"] {
+        let own = f.path("ref").join(s).join("rep-0/round-0");
+        assert!(
+            own.join("metrics.json").exists() && !own.join("model.safetensors").exists(),
+            "{s}"
+        );
+    }
 
     let spawn = |only: &str| {
         f.cmd(&["run", "config.toml", "--out", "p", "--only", only])
@@ -772,9 +791,9 @@ fn processes_share_a_run_directory_by_chain() {
     };
     let a = spawn("synthetic-only");
     let mut b = spawn("accumulate");
-    // Kill b once its first training checkpoint exists: mid-round.
-    let round0 = f.path("p/accumulate/rep-0/round-0");
-    while finished_checkpoint(&round0).is_none() {
+    // Kill b once its first training checkpoint of round 1 exists: mid-round (round 0 is shared with a).
+    let round1 = f.path("p/accumulate/rep-0/round-1");
+    while finished_checkpoint(&round1).is_none() {
         assert!(
             b.try_wait().unwrap().is_none(),
             "accumulate finished before a checkpoint"
@@ -877,8 +896,8 @@ fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
         ("accumulate/rep-0/round-1/train.json", "delete it"),
         ("accumulate/rep-0/round-1/eval.json", "delete it"),
         ("accumulate/rep-0/round-1/samples.jsonl.zst", "delete it"),
-        ("accumulate/rep-0/round-0/manifest.json", "delete it"),
-        ("accumulate/rep-0/round-0/samples.jsonl.zst", "delete it"),
+        ("round-0/n-12/rep-0/manifest.json", "delete it"),
+        ("round-0/n-12/rep-0/samples.jsonl.zst", "delete it"),
     ] {
         // Re-entering every round of the chain, and composing round 2 again from round 1's manifest and
         // samples.
@@ -912,7 +931,7 @@ fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let round0 = f.path("k/synthetic-only/rep-0/round-0");
+    let round0 = f.path("k/round-0/n-12/rep-0");
     while finished_checkpoint(&round0).is_none() {
         assert!(
             child.try_wait().unwrap().is_none(),
