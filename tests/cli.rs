@@ -84,6 +84,13 @@ seed = 7
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
+
+    /// Runs config.toml to the end in `out` and returns its metrics.
+    fn finished_run(&self, out: &str) -> Vec<Value> {
+        let o = self.run(&["run", "config.toml", "--out", out]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        metrics(&self.path(out))
+    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -360,11 +367,7 @@ fn bad_configs_and_sources_get_one_clear_line() {
 #[test]
 fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
     let f = Fixture::new();
-    assert!(f
-        .run(&["run", "config.toml", "--out", "r"])
-        .status
-        .success());
-    let reference = metrics(&f.path("r"));
+    let reference = f.finished_run("r");
 
     f.write_config("changed.toml", 121);
     let e = error_line(&f.run(&["run", "changed.toml", "--out", "r"]));
@@ -464,11 +467,7 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
 fn a_full_disk_during_a_checkpoint_loses_nothing() {
     use std::os::unix::process::CommandExt;
     let f = Fixture::new();
-    assert!(f
-        .run(&["run", "config.toml", "--out", "ref"])
-        .status
-        .success());
-    let reference = metrics(&f.path("ref"));
+    let reference = f.finished_run("ref");
     std::fs::create_dir(f.path("full")).unwrap();
     for p in [
         "config.toml",
@@ -768,11 +767,7 @@ fn theory_runs_the_figure_2_grid() {
 #[test]
 fn processes_share_a_run_directory_by_chain() {
     let f = Fixture::new();
-    assert!(f
-        .run(&["run", "config.toml", "--out", "ref"])
-        .status
-        .success());
-    let reference = metrics(&f.path("ref"));
+    let reference = f.finished_run("ref");
     // Round 0 was trained once for the repetition, not once per setting.
     assert!(f.path("ref/round-0/n-12/rep-0/model.safetensors").exists());
     for s in ["synthetic-only", "accumulate", "decaying-alpha"] {
@@ -882,11 +877,7 @@ fn flip_a_bit(path: &Path) -> Vec<u8> {
 #[test]
 fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
     let f = Fixture::new();
-    assert!(f
-        .run(&["run", "config.toml", "--out", "r"])
-        .status
-        .success());
-    let reference = metrics(&f.path("r"));
+    let reference = f.finished_run("r");
     let rd = f.path("r/accumulate/rep-0/round-1");
     for (file, remedy) in [
         ("config.toml", "another --out"),
