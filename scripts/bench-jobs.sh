@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Is it faster on this CPU to run two chains at once with one thread each (`run --jobs 2`) or one after the
 # other with every core (`--jobs 1`)? Times both on the quick model and on the paper's model (GPT-2 vocabulary
-# when COLLAPSE_GPT2 points at OpenAI's tokenizer files, else a 8,192-token BPE), each over 2 chains of 2
-# rounds on the committed sample, in one session, and prints the CPU model beside the wall times.
+# when COLLAPSE_GPT2 points at OpenAI's tokenizer files, else a 8,192-token BPE), each over 2 chains (two
+# repetitions, whose rounds 0 differ) of 2 rounds on the committed sample, in one session, and prints the CPU
+# model beside the wall times.
 #
 #   bash scripts/bench-jobs.sh        (BIN=path/to/collapse-lab to use a binary already built)
 set -euo pipefail
@@ -31,7 +32,7 @@ block_size = 128' ;;
 }
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 for m in quick paper; do
-  steps=$([ "$m" = quick ] && echo 250 || echo 40)
+  steps=$([ "$m" = quick ] && echo 250 || echo 20)
   tok=$([ "$m" = quick ] && echo 'train:1024' || echo "$TOK")
   cat > "$W/$m.toml" <<TOML
 [model]
@@ -50,16 +51,16 @@ min_docs = 16
 [schedule]
 n = 40
 rounds = 2
-settings = ["synthetic-only", "fixed-alpha"]
+settings = ["synthetic-only"]
 [experiment]
-repetitions = 1
+repetitions = 2
 TOML
   # Tokenizer and token cache first, outside the timings.
   "$BIN" run "$W/$m.toml" --out "$W/warm-$m" --only synthetic-only/0 > /dev/null 2>&1
-  for jobs in 1 2 1 2; do
+  for jobs in $([ "$m" = quick ] && echo 1 2 1 2 || echo 1 2); do
     rm -rf "$W/run"
     cp -r "$W/warm-$m" "$W/run"
-    rm -rf "$W/run/synthetic-only" "$W/run/fixed-alpha" "$W/run/metrics.jsonl"
+    rm -rf "$W/run/synthetic-only" "$W/run/round-0" "$W/run/metrics.jsonl"
     start=$(date +%s.%N)
     "$BIN" run "$W/$m.toml" --out "$W/run" --jobs "$jobs" > /dev/null 2>&1
     end=$(date +%s.%N)
