@@ -46,7 +46,24 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
             free.pop();
             queue.pop_front();
             let device = &args.devices[w % args.devices.len()];
-            let mut child = Command::new(&exe)
+            let mut cmd = Command::new(&exe);
+            // Workers die with the parent (Ctrl-C, SIGKILL, a lost node), so no orphan keeps a chain's lock.
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::unix::process::CommandExt;
+                let parent = std::process::id() as libc::pid_t;
+                // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        if libc::getppid() != parent {
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            let mut child = cmd
                 .arg("run")
                 .arg(args.config)
                 .arg("--out")
