@@ -24,6 +24,7 @@ use crate::rundir::{
     chain_busy, frozen_config, read_json, read_verified, round_dir, write_atomic, write_json,
     write_verified, RunDir,
 };
+use crate::tools::load_model_on;
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,7 +469,7 @@ fn run_round(
     // Phase 2: train model_t from scratch (or from its last checkpoint).
     let model_path = pd.join("model.safetensors");
     let (model, train_rec) = if model_path.exists() {
-        let model = load_model(&model_path, &ctx.device, "delete it to retrain this round")?;
+        let model = load_model_on(&model_path, &ctx.device, "delete it to retrain this round")?;
         if model.config() != &cfg.gpt(ctx.tok.vocab_size()) {
             bail!(
                 "{} holds a model of another config: delete it to retrain this round",
@@ -591,7 +592,7 @@ fn run_round(
 /// The weights every round starts from under `model.init_from`, with the run's dropout; a model of another
 /// shape than the config's is refused with both shapes.
 fn initial_model(cfg: &Config, device: &Device, vocab_size: usize, path: &str) -> Result<Gpt> {
-    let mut m = crate::tools::load_model_on(Path::new(path), device)
+    let mut m = load_model_on(Path::new(path), device, "fix model.init_from")
         .with_context(|| format!("model.init_from = {path:?}"))?;
     let want = cfg.gpt(vocab_size);
     let got = m.config().clone();
@@ -615,13 +616,6 @@ fn initial_model(cfg: &Config, device: &Device, vocab_size: usize, path: &str) -
     }
     m.set_dropout(want.dropout);
     Ok(m)
-}
-
-/// Reads a model written by the pipeline, checking its SHA-256; `remedy` says what to delete.
-fn load_model(path: &Path, device: &Device, remedy: &str) -> Result<Gpt> {
-    let bytes = read_verified(path, remedy)?;
-    Gpt::from_safetensors(&bytes, &path.display().to_string(), DType::F32, device)
-        .with_context(|| format!("{} is unreadable: {remedy}", path.display()))
 }
 
 /// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>`.
@@ -686,7 +680,7 @@ fn train_phase(
     let (mut trainer, mut losses, wall_before) = if let Some((ck, _)) = latest_checkpoint(rd) {
         let bad = || format!("delete {} to redo this round's training", ck.display());
         let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
-        let model = load_model(&ck.join("model.safetensors"), &ctx.device, &bad())?;
+        let model = load_model_on(&ck.join("model.safetensors"), &ctx.device, &bad())?;
         if model.config() != &gcfg {
             bail!(
                 "{} holds a model of another config: {}",

@@ -31,6 +31,13 @@ fn lock_file(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot write {}: choose a writable --out", path.display()))
 }
 
+fn wait_for_lock(path: &Path) -> Result<Lock> {
+    let f = lock_file(path)?;
+    f.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(Lock(f))
+}
+
 impl RunDir {
     /// Opens (or creates) a run directory for `cfg`: freezes the config, or checks that it is the frozen one.
     pub fn open(root: &Path, cfg: &Config) -> Result<Self> {
@@ -63,20 +70,12 @@ impl RunDir {
 
     /// The directory's lock, held (waiting for it if need be) while writing a file every chain shares.
     pub fn lock_shared_files(&self) -> Result<Lock> {
-        let path = self.root.join("lock");
-        let f = lock_file(&path)?;
-        f.lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(Lock(f))
+        wait_for_lock(&self.root.join("lock"))
     }
 
     /// The lock of a shared round 0, waiting while another chain computes it.
     pub fn lock_round0(&self, dir: &Path) -> Result<Lock> {
-        let path = dir.join("lock");
-        let f = lock_file(&path)?;
-        f.lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(Lock(f))
+        wait_for_lock(&dir.join("lock"))
     }
 
     /// The lock of one chain, if no other process holds it.

@@ -94,10 +94,11 @@ fn tokenizer_for(checkpoint: &Path, given: Option<&str>) -> Result<Tokenizer> {
 /// A collapse-lab checkpoint (checked against its SHA-256 when it has one) or a Hugging Face GPT-2 directory.
 pub fn load_model(path: &Path, device: &str) -> Result<Gpt> {
     let dev = parse_device(device)?;
-    load_model_on(path, &dev)
+    load_model_on(path, &dev, "it cannot be used")
 }
 
-pub fn load_model_on(path: &Path, dev: &Device) -> Result<Gpt> {
+/// [`load_model`] onto a device; `remedy` ends the error line of an unreadable or corrupt checkpoint.
+pub fn load_model_on(path: &Path, dev: &Device, remedy: &str) -> Result<Gpt> {
     if gpt::is_hf_dir(path) {
         return Gpt::from_hf_dir(path, DType::F32, dev).with_context(|| {
             format!("cannot load the Hugging Face checkpoint {}", path.display())
@@ -110,12 +111,12 @@ pub fn load_model_on(path: &Path, dev: &Device) -> Result<Gpt> {
         );
     }
     let bytes = if checksum_path(path).exists() {
-        read_verified(path, "it cannot be used")?
+        read_verified(path, remedy)?
     } else {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     Gpt::from_safetensors(&bytes, &path.display().to_string(), DType::F32, dev)
-        .with_context(|| format!("cannot load checkpoint {}", path.display()))
+        .with_context(|| format!("{} is unreadable: {remedy}", path.display()))
 }
 
 /// Model and tokenizer must agree on the vocabulary.
@@ -184,7 +185,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// Writes a checkpoint in Hugging Face transformers' layout: what `GPT2LMHeadModel.from_pretrained(DIR)` and
 /// `AutoTokenizer.from_pretrained(DIR)` load.
 pub fn export(a: ExportArgs) -> Result<()> {
-    let model = load_model_on(&a.checkpoint, &Device::Cpu)?;
+    let model = load_model_on(&a.checkpoint, &Device::Cpu, "it cannot be used")?;
     let tok = tokenizer_for(&a.checkpoint, a.tokenizer.as_deref())?;
     check_vocab(&tok, &model)?;
     let (config, weights) = model.to_hf(Some(tok.eot()))?;
