@@ -20,6 +20,174 @@ pub struct Config {
     pub schedule: ScheduleSection,
     pub experiment: ExperimentSection,
     pub theory: TheorySection,
+    /// Filters applied to each round's candidates before D_t is composed; absent: every candidate is used,
+    /// as before curation existed (and the frozen config is what it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curation: Option<CurationSection>,
+}
+
+/// `[curation]`: every filter runs with every setting, as a chain named `SETTING+FILTER`; round 0 (no
+/// synthetic candidates) stays shared by all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurationSection {
+    pub filters: Vec<FilterSpec>,
+    /// The most candidates a filter may need in a round, as a multiple of the round's new documents n_t: a
+    /// filter that needs more is refused when the run is planned, with the numbers.
+    pub max_candidates: f64,
+}
+
+impl Default for CurationSection {
+    fn default() -> Self {
+        Self {
+            filters: Vec::new(),
+            max_candidates: 10.0,
+        }
+    }
+}
+
+/// One curation filter, `[[curation.filters]]` with a `name` (it names the chains) and a `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FilterSpec {
+    /// Every candidate is kept: the unfiltered baseline beside the filters, on the same documents.
+    None { name: String },
+    /// The paper's appendix-D classifier simulated from provenance over the whole candidate mix: a real
+    /// document is rejected with probability `e1`, a synthetic one kept with probability `e2`.
+    Oracle { name: String, e1: f64, e2: f64 },
+    /// A GPT trained once per repetition on `docs` real documents no chain uses (for `steps` steps, the
+    /// run's by default; `n_layer` / `n_head` / `n_embd` override the run's architecture), scoring each
+    /// synthetic candidate by its per-token NLL: keep the best `fraction`, or the first candidates under
+    /// `threshold` nats per token.
+    Verifier {
+        name: String,
+        docs: usize,
+        #[serde(default)]
+        fraction: Option<f64>,
+        #[serde(default)]
+        threshold: Option<f64>,
+        #[serde(default)]
+        steps: Option<u64>,
+        #[serde(default)]
+        n_layer: Option<usize>,
+        #[serde(default)]
+        n_head: Option<usize>,
+        #[serde(default)]
+        n_embd: Option<usize>,
+    },
+    /// The generating model's own score of each synthetic candidate (`score = "nll"`, per-token NLL, or
+    /// `"entropy"`, the mean entropy of its next-token distributions): keep the `fraction` it is most
+    /// (`keep = "confident"`) or least (`"unconfident"`) confident of.
+    #[serde(rename = "self")]
+    SelfScore {
+        name: String,
+        score: SelfScore,
+        keep: Confidence,
+        fraction: f64,
+    },
+    /// Greedy selection of the `fraction` of synthetic candidates that maximises the distinct token
+    /// `ngram`-grams of the kept set.
+    Diversity {
+        name: String,
+        #[serde(default = "default_ngram")]
+        ngram: usize,
+        fraction: f64,
+    },
+}
+
+fn default_ngram() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelfScore {
+    Nll,
+    Entropy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Confidence {
+    /// Lowest NLL or entropy first.
+    Confident,
+    /// Highest first.
+    Unconfident,
+}
+
+impl FilterSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            FilterSpec::None { name }
+            | FilterSpec::Oracle { name, .. }
+            | FilterSpec::Verifier { name, .. }
+            | FilterSpec::SelfScore { name, .. }
+            | FilterSpec::Diversity { name, .. } => name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterSpec::None { .. } => "none",
+            FilterSpec::Oracle { .. } => "oracle",
+            FilterSpec::Verifier { .. } => "verifier",
+            FilterSpec::SelfScore { .. } => "self",
+            FilterSpec::Diversity { .. } => "diversity",
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let name = self.name();
+        let prob = |what: &str, v: f64| -> Result<()> {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("curation filter {name:?}: {what} must be in [0, 1], got {v}");
+            }
+            Ok(())
+        };
+        let fraction = |v: f64| -> Result<()> {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("curation filter {name:?}: fraction must be in (0, 1], got {v}");
+            }
+            Ok(())
+        };
+        match self {
+            FilterSpec::None { .. } => {}
+            FilterSpec::Oracle { e1, e2, .. } => {
+                prob("e1", *e1)?;
+                prob("e2", *e2)?;
+            }
+            FilterSpec::Verifier {
+                docs,
+                fraction: f,
+                threshold,
+                steps,
+                ..
+            } => {
+                match (f, threshold) {
+                    (Some(f), None) => fraction(*f)?,
+                    (None, Some(t)) if t.is_finite() => {}
+                    (None, Some(t)) => bail!("curation filter {name:?}: threshold must be finite, got {t}"),
+                    _ => bail!("curation filter {name:?}: a verifier needs exactly one of fraction and threshold"),
+                }
+                if *docs == 0 {
+                    bail!("curation filter {name:?}: the verifier needs at least 1 training document (docs)");
+                }
+                if *steps == Some(0) {
+                    bail!("curation filter {name:?}: steps must be at least 1");
+                }
+            }
+            FilterSpec::SelfScore { fraction: f, .. } => fraction(*f)?,
+            FilterSpec::Diversity {
+                ngram, fraction: f, ..
+            } => {
+                fraction(*f)?;
+                if *ngram == 0 {
+                    bail!("curation filter {name:?}: ngram must be at least 1");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `collapse-lab theory`: the statistical model run under the same schedules as the GPT experiment.
@@ -201,6 +369,9 @@ impl Default for GenerationSection {
     }
 }
 
+/// Curated chains are numbered setting x CURATION_STRIDE + filter, so they sort by setting, then filter.
+pub const CURATION_STRIDE: usize = 100;
+
 /// The prompt that means "start a new document": GPT-2's end-of-text token, whatever its id.
 pub const EOT_PROMPT: &str = "<|endoftext|>";
 
@@ -249,6 +420,8 @@ pub struct SettingSpec {
     pub name: String,
     pub number: usize,
     pub schedule: Schedule,
+    /// The curation filter of this chain (`[curation]` runs every setting under every filter).
+    pub curation: Option<FilterSpec>,
 }
 
 impl std::fmt::Display for SettingSpec {
@@ -330,6 +503,7 @@ impl Config {
                     name: s.name().to_string(),
                     number: s.number(),
                     schedule: s.schedule(sc.n, sc.alpha),
+                    curation: None,
                 });
             }
         }
@@ -349,6 +523,7 @@ impl Config {
                 name: name.clone(),
                 number: Setting::ALL.len() + i,
                 schedule: c.schedule(),
+                curation: None,
             });
         }
         if out.is_empty() {
@@ -357,7 +532,41 @@ impl Config {
                 Setting::ALL.map(|s| s.name()).join(", ")
             );
         }
-        Ok(out)
+        let Some(cur) = &self.curation else {
+            return Ok(out);
+        };
+        if cur.filters.is_empty() {
+            bail!("[curation] has no filter: add [[curation.filters]] (kind = \"none\" is the unfiltered baseline) or remove the section");
+        }
+        for (i, f) in cur.filters.iter().enumerate() {
+            let name = f.name();
+            let valid = !name.is_empty()
+                && name.chars().all(|ch| {
+                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
+                });
+            if !valid {
+                bail!("curation filter name {name:?}: use lower-case letters, digits, '-' and '_' (it names directories)");
+            }
+            if cur.filters[..i].iter().any(|g| g.name() == name) {
+                bail!("curation filter name {name:?} is taken: every filter needs its own name");
+            }
+            f.validate()?;
+        }
+        // Settings in their order, each under every filter in the config's order.
+        Ok(out
+            .iter()
+            .flat_map(|s| {
+                cur.filters
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, f)| SettingSpec {
+                        name: format!("{}+{}", s.name, f.name()),
+                        number: s.number * CURATION_STRIDE + i,
+                        schedule: s.schedule.clone(),
+                        curation: Some(f.clone()),
+                    })
+            })
+            .collect())
     }
 
     /// The setting called `name` (a preset's name or number, or a custom schedule's name).
@@ -365,7 +574,10 @@ impl Config {
         let all = self.settings()?;
         let preset = Setting::parse(name).ok();
         all.iter()
-            .find(|s| s.name == name || preset.is_some_and(|p| p.number() == s.number))
+            .find(|s| {
+                s.name == name
+                    || (s.curation.is_none() && preset.is_some_and(|p| p.number() == s.number))
+            })
             .cloned()
             .with_context(|| {
                 format!(
@@ -420,9 +632,21 @@ impl Config {
         // Every schedule plans as far as the config alone decides (the pool's size comes with the data).
         if self.schedule.rounds > 0 {
             for s in self.settings()? {
-                s.schedule
+                let plan = s
+                    .schedule
                     .plan(self.schedule.rounds, usize::MAX)
                     .with_context(|| format!("setting {s}"))?;
+                // Candidate counts depend on the schedule alone: a filter that needs too many is refused here.
+                if s.curation.is_some() {
+                    crate::curation::candidate_counts(self, &s, &plan)?;
+                }
+            }
+        }
+        for f in self.curation.iter().flat_map(|c| &c.filters) {
+            if let FilterSpec::Verifier { .. } = f {
+                crate::curation::verifier_config(self, f, 1)
+                    .validate()
+                    .with_context(|| format!("curation filter {:?}", f.name()))?;
             }
         }
         self.theory
@@ -439,6 +663,12 @@ impl Config {
                 "schedule.rounds must be at least 1",
             ),
             (self.schedule.n == 0, "schedule.n must be at least 1"),
+            (
+                self.curation
+                    .as_ref()
+                    .is_some_and(|c| c.max_candidates.is_nan() || c.max_candidates < 1.0),
+                "curation.max_candidates must be at least 1 (a multiple of each round's new documents)",
+            ),
             (
                 !(0.0..=1.0).contains(&self.schedule.alpha),
                 "schedule.alpha must be in [0, 1]",

@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod curation;
 mod device;
 mod gpucheck;
 mod pipeline;

@@ -11,14 +11,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use corpus::{
-    bpe_training_docs, compose, token_stream, Document, Manifest, Origin, Plan, RealCorpus, Source,
-    Split, TokenCache, Tokenizer, TokenizerSpec,
+    bpe_training_docs, compose, compose_selected, token_stream, Document, Manifest, Origin, Plan,
+    RealCorpus, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
 };
-use gpt::Gpt;
+use gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
-use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, Trainer};
+use train::{
+    perplexity, score_document, AdamW, Batcher, Evaluation, TextStats, TrainConfig, Trainer,
+};
 
-use crate::config::{Config, SettingSpec, EOT_PROMPT};
+use crate::config::{Config, FilterSpec, SettingSpec, EOT_PROMPT};
+use crate::curation::{self, CurationMetrics, RoundCandidates, Scorers};
 use crate::progress::Progress;
 use crate::rundir::{
     chain_busy, frozen_config, read_json, read_verified, round_dir, write_atomic, write_json,
@@ -67,6 +70,9 @@ pub struct MetricsRow {
     pub wall_train_s: f64,
     pub wall_eval_s: f64,
     pub wall_generate_s: f64,
+    /// What the round's filter did, in curated runs (rounds 1 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curation: Option<CurationMetrics>,
 }
 
 /// Training in progress, saved in each checkpoint directory beside its model and optimizer: the step and
@@ -143,6 +149,8 @@ struct Ctx {
     second: Option<Vec<u32>>,
     /// Each setting's plan, by name.
     plans: HashMap<String, Plan>,
+    /// Each curated chain's candidates per round, by setting name.
+    candidates: HashMap<String, Vec<RoundCandidates>>,
 }
 
 pub struct Selection {
@@ -331,6 +339,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
             .with_context(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
         plans.insert(s.name, plan);
     }
+    let candidates = curation::plan_pool(&cfg, &mut plans, pool_len)?;
     let by_id = real
         .docs
         .iter()
@@ -348,6 +357,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         heldout,
         second,
         plans,
+        candidates,
     })
 }
 
@@ -356,6 +366,25 @@ impl Ctx {
     fn n0(&self, setting: &str) -> usize {
         self.plans[setting].rounds[0].new_docs
     }
+
+    /// Documents the model of round `t` must write for the chain's round `t + 1`: its synthetic documents,
+    /// or under curation its synthetic candidates.
+    fn to_generate_after(&self, setting: &str, t: usize) -> usize {
+        match self.candidates.get(setting) {
+            Some(c) => c.get(t + 1).map_or(0, |r| r.synthetic),
+            None => self.plans[setting].to_generate_after(t),
+        }
+    }
+}
+
+/// [`Ctx::to_generate_after`] from the config alone (candidate counts do not depend on the pool).
+pub fn generated_after(cfg: &Config, spec: &SettingSpec, plan: &Plan, t: usize) -> Result<usize> {
+    Ok(match spec.curation {
+        Some(_) => curation::candidate_counts(cfg, spec, plan)?
+            .get(t + 1)
+            .map_or(0, |r| r.synthetic),
+        None => plan.to_generate_after(t),
+    })
 }
 
 /// The repetition's round 0, shared by every setting whose schedule starts with `n0` documents: its
@@ -388,6 +417,10 @@ struct SampleStore {
 }
 
 impl SampleStore {
+    fn get_empty(&mut self) -> &RoundSamples {
+        self.rounds.entry(usize::MAX).or_default()
+    }
+
     fn get(
         &mut self,
         ctx: &Ctx,
@@ -438,12 +471,6 @@ fn run_round(
         read_json::<Manifest>(&manifest_path)?
     } else {
         progress.phase("compose", 1);
-        let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
-            let (docs, _) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
-            docs[..plan.rounds[t].synthetic].to_vec()
-        } else {
-            Vec::new()
-        };
         let previous = if schedule.accumulate && t > 0 {
             Some(read_json::<Manifest>(
                 &phase_dir(&dir.root, &setting.name, n0, rep, t - 1).join("manifest.json"),
@@ -452,15 +479,37 @@ fn run_round(
             None
         };
         let pool: Vec<&Document> = ctx.splits[rep].pool.iter().map(|&i| &ctx.docs[i]).collect();
-        let m = compose(
-            plan,
-            t,
-            rep,
-            schedule.accumulate,
-            &pool,
-            previous.as_ref(),
-            &synthetic,
-        )?;
+        let m = match (&setting.curation, t) {
+            (Some(filter), 1..) => curated_compose(
+                ctx,
+                dir,
+                progress,
+                samples,
+                setting,
+                filter,
+                rep,
+                t,
+                &pool,
+                previous.as_ref(),
+            )?,
+            _ => {
+                let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
+                    let (docs, _) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
+                    docs[..plan.rounds[t].synthetic].to_vec()
+                } else {
+                    Vec::new()
+                };
+                compose(
+                    plan,
+                    t,
+                    rep,
+                    schedule.accumulate,
+                    &pool,
+                    previous.as_ref(),
+                    &synthetic,
+                )?
+            }
+        };
         write_json(&manifest_path, &m)?;
         m
     };
@@ -487,7 +536,7 @@ fn run_round(
             &manifest,
             &manifest_path,
         )?;
-        train_phase(ctx, &pd, progress, &stream, rep, t)?
+        train_phase(ctx, &pd, progress, &stream, &round_job(ctx, rep, t))?
     };
 
     // Phase 3: evaluate.
@@ -517,16 +566,18 @@ fn run_round(
     // Phase 4: generate the next round's synthetic documents (and at least `min_docs` for statistics).
     let samples_path = pd.join("samples.jsonl.zst");
     let started = Instant::now();
-    let own_count = plan.to_generate_after(t).max(cfg.generation.min_docs);
+    let own_count = ctx
+        .to_generate_after(&setting.name, t)
+        .max(cfg.generation.min_docs);
     if !samples_path.exists() {
         // A shared round 0 writes what every setting sharing it needs; each takes the first it needs.
         let count = if pd == rd {
             own_count
         } else {
             ctx.plans
-                .values()
-                .filter(|p| p.rounds[0].new_docs == n0)
-                .map(|p| p.to_generate_after(0))
+                .iter()
+                .filter(|(_, p)| p.rounds[0].new_docs == n0)
+                .map(|(name, _)| ctx.to_generate_after(name, 0))
                 .fold(own_count, usize::max)
         };
         generate_phase(
@@ -564,7 +615,7 @@ fn run_round(
         synthetic_docs: manifest.synthetic,
         total_docs: manifest.documents.len(),
         alpha: rp.alpha,
-        realized_alpha: rp.realized_alpha,
+        realized_alpha: manifest.fresh as f64 / rp.new_docs as f64,
         real_fraction: manifest.real_fraction(),
         train_tokens: train_rec.train_tokens,
         train_steps: train_rec.steps,
@@ -585,8 +636,222 @@ fn run_round(
         wall_train_s: train_rec.wall_s,
         wall_eval_s: eval.wall_s,
         wall_generate_s: wall_generate,
+        curation: match (&manifest.curation, &setting.curation) {
+            (Some(r), Some(f)) => Some(CurationMetrics::of(
+                r,
+                match f {
+                    FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, f, rep)?.1),
+                    _ => None,
+                },
+            )),
+            _ => None,
+        },
     };
     write_json(&rd.join("metrics.json"), &row)
+}
+
+/// Round `t` (t >= 1) of a curated chain: draw the planned candidates, score them as the filter needs,
+/// keep what it keeps, and compose D_t with every decision in the manifest.
+#[allow(clippy::too_many_arguments)]
+fn curated_compose(
+    ctx: &Ctx,
+    dir: &RunDir,
+    progress: &Progress,
+    samples: &mut SampleStore,
+    setting: &SettingSpec,
+    filter: &FilterSpec,
+    rep: usize,
+    t: usize,
+    pool: &[&Document],
+    previous: Option<&Manifest>,
+) -> Result<Manifest> {
+    let plan = &ctx.plans[&setting.name];
+    let rp = &plan.rounds[t];
+    let cand = ctx.candidates[&setting.name][t];
+    let end = cand.real_offset + cand.real;
+    if end > pool.len() {
+        bail!(
+            "round {t} needs pool documents up to {end}, the pool has {}",
+            pool.len()
+        );
+    }
+    let real = &pool[cand.real_offset..end];
+    let verifier_model = match filter {
+        FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, filter, rep)?.0),
+        _ => None,
+    };
+    let generator = match filter {
+        FilterSpec::SelfScore { .. } => {
+            let n0 = ctx.n0(&setting.name);
+            let path =
+                phase_dir(&dir.root, &setting.name, n0, rep, t - 1).join("model.safetensors");
+            Some(load_model_on(
+                &path,
+                &ctx.device,
+                "delete it to retrain that round",
+            )?)
+        }
+        _ => None,
+    };
+    let eot = ctx.tok.eot();
+    let score_verifier = |toks: &[u32]| -> Result<f64> {
+        let m = verifier_model.as_ref().context("no verifier")?;
+        Ok(score_document(m, toks, eot, false)?.mean_nll)
+    };
+    let score_generator = |toks: &[u32], entropy: bool| -> Result<(f64, f64)> {
+        let m = generator.as_ref().context("no generating model")?;
+        let s = score_document(m, toks, eot, entropy)?;
+        Ok((s.mean_nll, s.mean_entropy))
+    };
+    let scorers = Scorers {
+        verifier: Some(&score_verifier),
+        generator: Some(&score_generator),
+    };
+    let (docs, toks) = if cand.synthetic > 0 {
+        samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?
+    } else {
+        samples.get_empty()
+    };
+    if docs.len() < cand.synthetic {
+        bail!(
+            "round {t} needs {} synthetic candidates, round {} wrote {}",
+            cand.synthetic,
+            t - 1,
+            docs.len()
+        );
+    }
+    let synthetic: Vec<(&Document, &[u32])> = docs[..cand.synthetic]
+        .iter()
+        .map(|d| (d, toks[&d.id].as_slice()))
+        .collect();
+    if cand.synthetic > 0 {
+        progress.note(&format!(
+            "curation {}: {} real and {} synthetic candidates",
+            filter.name(),
+            real.len(),
+            synthetic.len()
+        ));
+    }
+    let seed = derive_seed(ctx.cfg.experiment.seed, &[&"curation", &rep, &t]);
+    let (fresh, kept, record) = curation::select(
+        filter,
+        &cand,
+        rp.fresh,
+        rp.synthetic,
+        real,
+        &synthetic,
+        &scorers,
+        seed,
+    )?;
+    let kept: Vec<Document> = kept.into_iter().cloned().collect();
+    Ok(compose_selected(
+        plan,
+        t,
+        rep,
+        setting.schedule.accumulate,
+        &fresh,
+        previous,
+        &kept,
+        Some(record),
+    )?)
+}
+
+/// The verifier of a filter for one repetition, trained on the head of the repetition's pool (documents no
+/// chain draws), with its held-out perplexity. Shared by every chain of the repetition under that filter:
+/// the first computes it while the others wait.
+fn verifier(
+    ctx: &Ctx,
+    dir: &RunDir,
+    progress: &Progress,
+    filter: &FilterSpec,
+    rep: usize,
+) -> Result<(Gpt, f64)> {
+    let FilterSpec::Verifier { docs, steps, .. } = filter else {
+        bail!("filter {} is not a verifier", filter.name());
+    };
+    let vd = curation::verifier_dir(&dir.root, filter.name(), rep);
+    std::fs::create_dir_all(&vd).with_context(|| format!("cannot create {}", vd.display()))?;
+    let _lock = dir.lock_round0(&vd)?;
+    let gcfg = curation::verifier_config(&ctx.cfg, filter, ctx.tok.vocab_size());
+    let model_path = vd.join("model.safetensors");
+    let model = if model_path.exists() {
+        let m = load_model_on(
+            &model_path,
+            &ctx.device,
+            "delete it to retrain the verifier",
+        )?;
+        if m.config() != &gcfg {
+            bail!(
+                "{} holds a model of another config: delete it to retrain the verifier",
+                model_path.display()
+            );
+        }
+        m
+    } else {
+        let ids: Vec<usize> = ctx.splits[rep].pool[..*docs].to_vec();
+        let docs_path = vd.join("documents.json");
+        if !docs_path.exists() {
+            let names: Vec<&str> = ids.iter().map(|&i| ctx.docs[i].id.as_str()).collect();
+            write_json(&docs_path, &names)?;
+        }
+        let stream = token_stream(
+            ids.iter().map(|&i| ctx.doc_tokens[i].as_slice()),
+            ctx.tok.eot(),
+        );
+        progress.note(&format!(
+            "training verifier {} for repetition {rep} on {} real documents",
+            filter.name(),
+            ids.len()
+        ));
+        let seed = ctx.cfg.experiment.seed;
+        let mut tc = ctx.cfg.train();
+        tc.steps = steps.unwrap_or(tc.steps);
+        let job = TrainJob {
+            init_seed: derive_seed(seed, &[&"verifier-init", &filter.name(), &rep]),
+            batch_seed: derive_seed(seed, &[&"verifier-batches", &filter.name(), &rep]),
+            gcfg,
+            tc,
+            init_from: None,
+        };
+        train_phase(ctx, &vd, progress, &stream, &job)?.0
+    };
+    let eval_path = vd.join("eval.json");
+    let ppl = if eval_path.exists() {
+        read_json::<Evaluation>(&eval_path)?.perplexity
+    } else {
+        let e = perplexity(&model, &ctx.heldout[rep], ctx.cfg.training.eval_batch_size)?;
+        write_json(&eval_path, &e)?;
+        progress.note(&format!(
+            "verifier {} held-out perplexity {:.3}",
+            filter.name(),
+            e.perplexity
+        ));
+        e.perplexity
+    };
+    Ok((model, ppl))
+}
+
+/// What one training phase trains: the model's shape, the training settings, and its seeds.
+struct TrainJob {
+    gcfg: GptConfig,
+    tc: TrainConfig,
+    init_seed: u64,
+    batch_seed: u64,
+    /// Weights to start from instead of a random initialisation (`model.init_from`).
+    init_from: Option<String>,
+}
+
+/// Round `t`'s training job: the run's model and settings, seeds keyed by (repetition, round).
+fn round_job(ctx: &Ctx, rep: usize, t: usize) -> TrainJob {
+    let cfg = &ctx.cfg;
+    let seed = cfg.experiment.seed;
+    TrainJob {
+        gcfg: cfg.gpt(ctx.tok.vocab_size()),
+        tc: cfg.train(),
+        init_seed: derive_seed(seed, &[&"init", &rep, &t]),
+        batch_seed: derive_seed(seed, &[&"batches", &rep, &t]),
+        init_from: cfg.model.init_from.clone(),
+    }
 }
 
 /// The weights every round starts from under `model.init_from`, with the run's dropout; a model of another
@@ -669,14 +934,12 @@ fn train_phase(
     rd: &Path,
     progress: &Progress,
     stream: &[u32],
-    rep: usize,
-    t: usize,
+    job: &TrainJob,
 ) -> Result<(Gpt, TrainRecord)> {
     let cfg = &ctx.cfg;
-    let tc = cfg.train();
-    let gcfg = cfg.gpt(ctx.tok.vocab_size());
-    let seed = cfg.experiment.seed;
-    let batch_seed = derive_seed(seed, &[&"batches", &rep, &t]);
+    let tc = job.tc.clone();
+    let gcfg = job.gcfg.clone();
+    let batch_seed = job.batch_seed;
     let (mut trainer, mut losses, wall_before) = if let Some((ck, _)) = latest_checkpoint(rd) {
         let bad = || format!("delete {} to redo this round's training", ck.display());
         let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
@@ -710,14 +973,9 @@ fn train_phase(
             st.wall_s,
         )
     } else {
-        let model = match &cfg.model.init_from {
+        let model = match &job.init_from {
             Some(init) => initial_model(cfg, &ctx.device, ctx.tok.vocab_size(), init)?,
-            None => Gpt::new(
-                &gcfg,
-                derive_seed(seed, &[&"init", &rep, &t]),
-                DType::F32,
-                &ctx.device,
-            )?,
+            None => Gpt::new(&gcfg, job.init_seed, DType::F32, &ctx.device)?,
         };
         (
             Trainer::new(model, tc.clone(), batch_seed)?,
@@ -726,7 +984,7 @@ fn train_phase(
         )
     };
     let batcher = Batcher::new(stream, gcfg.block_size, tc.batch_size, batch_seed)
-        .with_context(|| format!("round {t}'s corpus is too small to train on"))?;
+        .with_context(|| format!("the corpus of {} is too small to train on", rd.display()))?;
     progress.phase("train", tc.steps);
     let started = Instant::now();
     let tokens_per_step = (tc.batch_size * gcfg.block_size) as f64;
@@ -972,15 +1230,13 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     if row.stats_docs == want.min(row.generated_docs) && row.stats_docs > 0 {
         return Ok(());
     }
-    let plan = cfg
-        .setting(&row.setting)?
-        .schedule
-        .plan(cfg.schedule.rounds, usize::MAX)?;
+    let spec = cfg.setting(&row.setting)?;
+    let plan = spec.schedule.plan(cfg.schedule.rounds, usize::MAX)?;
     let n0 = plan.rounds[0].new_docs;
     let path =
         phase_dir(root, &row.setting, n0, row.repetition, row.round).join("samples.jsonl.zst");
     let (_, mut samples) = read_samples_file(&path)?;
-    samples.truncate(plan.to_generate_after(row.round).max(want));
+    samples.truncate(generated_after(cfg, &spec, &plan, row.round)?.max(want));
     let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
     row.generated_docs = samples.len();
     row.stats_docs = g.text.documents;
@@ -1038,8 +1294,15 @@ fn rebuild_metrics(dir: &RunDir) -> Result<()> {
 /// Where each (setting, repetition) stands: rounds finished and the phase of the next one.
 pub fn status(root: &Path) -> Result<String> {
     let cfg = frozen_config(root)?;
-    let mut out = format!("{:<16} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
-    for s in cfg.settings()? {
+    let settings = cfg.settings()?;
+    let w = settings
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    let mut out = format!("{:<w$} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
+    for s in settings {
         let n0 = s.schedule.plan(cfg.schedule.rounds, usize::MAX)?.rounds[0].new_docs;
         for rep in 0..cfg.experiment.repetitions {
             let done = (0..cfg.schedule.rounds)
@@ -1075,7 +1338,7 @@ pub fn status(root: &Path) -> Result<String> {
                 next
             };
             out.push_str(&format!(
-                "{:<16} {:>4}  {:>3}/{:<3}  {next}\n",
+                "{:<w$} {:>4}  {:>3}/{:<3}  {next}\n",
                 s.name, rep, done, cfg.schedule.rounds
             ));
         }

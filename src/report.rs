@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
+use crate::curation::CurationMetrics;
 use crate::pipeline::{collect_metrics, refresh_generation_stats, MetricsRow};
 use crate::rundir::{frozen_config, write_atomic};
 
@@ -394,8 +395,13 @@ fn difference_table(
     let mut s = String::from(
         "| a | b | repetitions | a - b [95% CI] | verdict for a |\n|---|---|---|---|---|\n",
     );
+    // Curated chains (SETTING+FILTER) are compared with the other filters of their own setting.
+    let base = |n: &str| n.split_once('+').map(|(b, _)| b.to_string());
     for (i, a) in names.iter().enumerate() {
         for b in &names[i + 1..] {
+            if base(a) != base(b) {
+                continue;
+            }
             if let Some(p) = paired_difference(rows, metric, (a, b), round) {
                 let verdict = match Verdict::of(&p) {
                     Verdict::Worsens => format!("worse than {b}"),
@@ -427,6 +433,107 @@ pub(crate) fn html_table(md: &str) -> String {
         out.push_str("</tr>\n");
     }
     out + "</table>\n"
+}
+
+/// Per curated chain, over rounds 1 on and all repetitions: candidates per round, the realised fresh fraction
+/// of the kept documents, the filter's pooled type I and type II rates, and the verifier's perplexity.
+fn curation_table(rows: &[MetricsRow]) -> String {
+    let mut s = String::from(
+        "### Curation: what each filter did (rounds 1 on, all repetitions)\n\n\
+         | chain | rounds | synthetic candidates / round | realised alpha [95% CI] | type I (real rejected) | \
+         type II (synthetic kept) | verifier perplexity |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut names: Vec<(usize, &str)> = rows
+        .iter()
+        .filter(|r| r.curation.is_some())
+        .map(|r| (r.setting_number, r.setting.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    for (_, name) in names {
+        let cs: Vec<(&MetricsRow, &CurationMetrics)> = rows
+            .iter()
+            .filter(|r| r.setting == name)
+            .filter_map(|r| r.curation.as_ref().map(|c| (r, c)))
+            .collect();
+        let sum =
+            |f: &dyn Fn(&CurationMetrics) -> usize| cs.iter().map(|(_, c)| f(c)).sum::<usize>();
+        let (cr, kr) = (sum(&|c| c.candidates_real), sum(&|c| c.kept_real));
+        let (csyn, ksyn) = (sum(&|c| c.candidates_synthetic), sum(&|c| c.kept_synthetic));
+        let rate = |num: usize, den: usize| {
+            if den == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3} ({num}/{den})", num as f64 / den as f64)
+            }
+        };
+        let alphas: Vec<f64> = cs.iter().map(|(r, _)| r.realized_alpha).collect();
+        let (a, ah) = mean_ci(&alphas);
+        let mut vp: Vec<(usize, f64)> = cs
+            .iter()
+            .filter_map(|(r, c)| c.verifier_perplexity.map(|v| (r.repetition, v)))
+            .collect();
+        vp.sort_by_key(|x| x.0);
+        vp.dedup_by_key(|x| x.0);
+        let verifier = if vp.is_empty() {
+            "-".to_string()
+        } else {
+            let (m, h) = mean_ci(&vp.iter().map(|x| x.1).collect::<Vec<_>>());
+            format!("{m:.1} ± {h:.1}")
+        };
+        s.push_str(&format!(
+            "| {name} | {} | {:.1} | {a:.3} [{:.3}, {:.3}] | {} | {} | {verifier} |\n",
+            cs.len(),
+            csyn as f64 / cs.len().max(1) as f64,
+            a - ah,
+            a + ah,
+            rate(cr - kr, cr),
+            rate(ksyn, csyn),
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+/// Every curated round's filter counts and rates, one row per (chain, repetition, round).
+fn curation_csv(rows: &[MetricsRow]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "setting",
+        "repetition",
+        "round",
+        "filter",
+        "kind",
+        "candidates_real",
+        "candidates_synthetic",
+        "kept_real",
+        "kept_synthetic",
+        "realized_alpha",
+        "type1",
+        "type2",
+        "verifier_perplexity",
+    ])?;
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for r in rows {
+        if let Some(c) = &r.curation {
+            w.write_record([
+                r.setting.clone(),
+                r.repetition.to_string(),
+                r.round.to_string(),
+                c.filter.clone(),
+                c.kind.clone(),
+                c.candidates_real.to_string(),
+                c.candidates_synthetic.to_string(),
+                c.kept_real.to_string(),
+                c.kept_synthetic.to_string(),
+                r.realized_alpha.to_string(),
+                opt(c.type1),
+                opt(c.type2),
+                opt(c.verifier_perplexity),
+            ])?;
+        }
+    }
+    w.into_inner().context("csv")
 }
 
 /// One evaluation set's analysis: absolute and paired curves, and the tables.
@@ -516,9 +623,16 @@ pub fn report(root: &Path) -> Result<PathBuf> {
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in &rows {
-        w.serialize(r)?;
+        // The curation columns go to curation.csv: in metrics.csv every row has the same columns.
+        let mut r = r.clone();
+        r.curation = None;
+        w.serialize(&r)?;
     }
     write_atomic(&root.join("metrics.csv"), &w.into_inner().context("csv")?)?;
+    let curated = rows.iter().any(|r| r.curation.is_some());
+    if curated {
+        write_atomic(&root.join("curation.csv"), &curation_csv(&rows)?)?;
+    }
     let dir = root.join("report");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
@@ -528,7 +642,7 @@ pub fn report(root: &Path) -> Result<PathBuf> {
         .any(|r| r.second_perplexity.is_some())
         .then(|| analyse(&rows, |r| r.second_perplexity, "Second evaluation set"));
     let size = (900, 560);
-    let mut figures = vec![("perplexity", "held-out perplexity by round")];
+    let mut figures = vec![("perplexity".to_string(), "held-out perplexity by round")];
     write_plot(
         &dir,
         "perplexity",
@@ -556,7 +670,7 @@ pub fn report(root: &Path) -> Result<PathBuf> {
         )?,
     )?;
     figures.push((
-        "change",
+        "change".to_string(),
         "paired change of held-out perplexity against round 0",
     ));
     if let Some(s) = &second {
@@ -574,7 +688,7 @@ pub fn report(root: &Path) -> Result<PathBuf> {
             )?,
         )?;
         figures.push((
-            "second-change",
+            "second-change".to_string(),
             "paired change on the second evaluation set",
         ));
     }
@@ -592,7 +706,10 @@ pub fn report(root: &Path) -> Result<PathBuf> {
         ),
     ];
     write_plot(&dir, "text-stats", &svg_panels(&panels)?)?;
-    figures.push(("text-stats", "text statistics of the generated plots"));
+    figures.push((
+        "text-stats".to_string(),
+        "text statistics of the generated plots",
+    ));
 
     let mut sets = vec![("heldout", &heldout)];
     if let Some(s) = &second {
@@ -608,6 +725,40 @@ pub fn report(root: &Path) -> Result<PathBuf> {
     let mut md = format!("## {}\n\n{notes}\n{}", root.display(), heldout.tables);
     if let Some(s) = &second {
         md.push_str(&s.tables);
+    }
+    if curated {
+        md.push_str(&curation_table(&rows));
+        // One change plot per setting, its filters side by side.
+        let mut bases: Vec<String> = Vec::new();
+        for (n, _) in &heldout.change {
+            let b = n.split_once('+').map_or(n.as_str(), |(b, _)| b).to_string();
+            if !bases.contains(&b) {
+                bases.push(b);
+            }
+        }
+        for b in bases {
+            let mine: Vec<Curve> = heldout
+                .change
+                .iter()
+                .filter(|(n, _)| n.starts_with(&format!("{b}+")))
+                .cloned()
+                .collect();
+            let name = format!("change-{b}");
+            write_plot(
+                &dir,
+                &name,
+                &svg_chart(
+                    &mine,
+                    (
+                        &format!("{b}: change against round 0 by curation filter (paired, 95% CI)"),
+                        "perplexity change (%)",
+                    ),
+                    true,
+                    size,
+                )?,
+            )?;
+            figures.push((name, "paired change by curation filter"));
+        }
     }
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
 
@@ -684,6 +835,7 @@ mod tests {
             wall_train_s: 0.0,
             wall_eval_s: 0.0,
             wall_generate_s: 0.0,
+            curation: None,
         }
     }
 

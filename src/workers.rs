@@ -101,7 +101,7 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
                 let (w, chain, _, reader) = running.swap_remove(i);
                 let last = reader.join().unwrap_or_default();
                 if !status.success() {
-                    failed.push(format!("{chain} ({last})"));
+                    failed.push((chain.to_string(), last));
                 }
                 free.push(w);
             } else {
@@ -110,10 +110,29 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
         }
     }
     if !failed.is_empty() {
+        // Chains failing for one reason (a missing data file fails them all) are named once, with the reason.
+        let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+        for (chain, last) in &failed {
+            match reasons.iter_mut().find(|(r, _)| r == last) {
+                Some((_, chains)) => chains.push(chain.clone()),
+                None => reasons.push((last.clone(), vec![chain.clone()])),
+            }
+        }
+        let groups: Vec<String> = reasons
+            .iter()
+            .map(|(reason, chains)| {
+                let named = if chains.len() > 3 {
+                    format!("{} and {} more", chains[..3].join(", "), chains.len() - 3)
+                } else {
+                    chains.join(", ")
+                };
+                format!("{named}: {reason}")
+            })
+            .collect();
         bail!(
-            "{} of {next_worker} chains failed: {}; run again to resume them",
+            "{} of {next_worker} chains failed ({}); run again to resume them",
             failed.len(),
-            failed.join("; ")
+            groups.join("; ")
         );
     }
     eprintln!(

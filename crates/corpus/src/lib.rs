@@ -1,12 +1,14 @@
 //! The corpus of a collapse experiment: documents and where they come from, sources a user can name (CSV,
 //! CSV.zst, JSONL, a folder of text files, the Hugging Face Hub), cleaning, the tokenizer and its on-disk token
 //! cache, the held-out split of each repetition, the round schedule (settings 0-3 and their generalisation),
-//! and the composition of each round's training corpus with a manifest that records it.
+//! the composition of each round's training corpus with a manifest that records it, and the curation rules
+//! that pick a round's documents from scored candidates.
 //!
 //! It knows nothing of models, training or run directories: it turns text into documents and token ids, and
 //! decides which documents each round trains on.
 
 mod clean;
+mod curate;
 mod document;
 mod real;
 mod round;
@@ -16,9 +18,13 @@ mod split;
 mod tokenizer;
 
 pub use clean::{clean_documents, clean_text, CleanConfig, CleanReport};
+pub use curate::{
+    fraction_candidates, greedy_distinct_ngrams, keep_lowest, keep_under, oracle_is_real,
+    oracle_select, CurationRecord, Decision, OracleStream, ORACLE_SHORTFALL,
+};
 pub use document::{DocId, Document, Origin};
 pub use real::RealCorpus;
-pub use round::{compose, Manifest, ManifestEntry};
+pub use round::{compose, compose_selected, Manifest, ManifestEntry};
 pub use schedule::{Alpha, Plan, RoundPlan, Schedule, Setting, Size};
 pub use source::{load_source, Source, DEFAULT_SOURCE};
 pub use split::{bpe_training_docs, Split};
@@ -35,6 +41,8 @@ pub enum Error {
     Schedule(String),
     #[error("split: {0}")]
     Split(String),
+    #[error("curation: {0}")]
+    Curation(String),
     #[error("round corpus: {0}")]
     Round(String),
     #[error("{path}: {source}")]

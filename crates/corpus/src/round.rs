@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::write_atomically;
-use crate::{DocId, Document, Error, Origin, Plan, Result, RoundPlan};
+use crate::{CurationRecord, DocId, Document, Error, Origin, Plan, Result, RoundPlan};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -24,6 +24,10 @@ pub struct Manifest {
     /// Documents of D_{t-1} kept (accumulation).
     pub carried: usize,
     pub documents: Vec<ManifestEntry>,
+    /// The filter's decision on every candidate, when the run curates (absent otherwise, so an uncurated
+    /// manifest is what it always was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curation: Option<CurationRecord>,
 }
 
 impl Manifest {
@@ -72,12 +76,57 @@ pub fn compose(
     let rp = plan
         .rounds
         .get(round)
-        .ok_or_else(|| Error::Round(format!("round {round} is not in the plan")))?
-        .clone();
+        .ok_or_else(|| Error::Round(format!("round {round} is not in the plan")))?;
     if synthetic.len() != rp.synthetic {
         return Err(Error::Round(format!(
             "round {round} needs {} synthetic documents, got {}",
             rp.synthetic,
+            synthetic.len()
+        )));
+    }
+    let end = rp.pool_offset + rp.fresh;
+    if end > pool.len() {
+        return Err(Error::Round(format!(
+            "round {round} needs pool documents up to {end}, the pool has {}",
+            pool.len()
+        )));
+    }
+    compose_selected(
+        plan,
+        round,
+        repetition,
+        accumulate,
+        &pool[rp.pool_offset..end],
+        previous,
+        synthetic,
+        None,
+    )
+}
+
+/// Composes D_t from the documents a curation filter selected: the previous corpus if the schedule
+/// accumulates, then `fresh`, then `synthetic`. Their number must be the round's n_t; how it splits between
+/// real and synthetic is the filter's (the oracle moves it), and the manifest records the realised split.
+#[allow(clippy::too_many_arguments)]
+pub fn compose_selected(
+    plan: &Plan,
+    round: usize,
+    repetition: usize,
+    accumulate: bool,
+    fresh: &[&Document],
+    previous: Option<&Manifest>,
+    synthetic: &[Document],
+    curation: Option<CurationRecord>,
+) -> Result<Manifest> {
+    let rp = plan
+        .rounds
+        .get(round)
+        .ok_or_else(|| Error::Round(format!("round {round} is not in the plan")))?
+        .clone();
+    if fresh.len() + synthetic.len() != rp.new_docs {
+        return Err(Error::Round(format!(
+            "round {round} needs {} new documents, got {} fresh and {} synthetic",
+            rp.new_docs,
+            fresh.len(),
             synthetic.len()
         )));
     }
@@ -87,11 +136,10 @@ pub fn compose(
             d.id
         )));
     }
-    let end = rp.pool_offset + rp.fresh;
-    if end > pool.len() {
+    if let Some(d) = fresh.iter().find(|d| !d.is_real()) {
         return Err(Error::Round(format!(
-            "round {round} needs pool documents up to {end}, the pool has {}",
-            pool.len()
+            "document {} given as fresh is synthetic",
+            d.id
         )));
     }
     let mut documents = Vec::with_capacity(rp.total);
@@ -116,7 +164,7 @@ pub fn compose(
         id: d.id.clone(),
         origin: d.origin.clone(),
     };
-    documents.extend(pool[rp.pool_offset..end].iter().map(|d| entry(d)));
+    documents.extend(fresh.iter().map(|d| entry(d)));
     documents.extend(synthetic.iter().map(entry));
     if documents.len() != rp.total {
         return Err(Error::Round(format!(
@@ -127,10 +175,11 @@ pub fn compose(
     }
     Ok(Manifest {
         repetition,
-        fresh: rp.fresh,
-        synthetic: rp.synthetic,
+        fresh: fresh.len(),
+        synthetic: synthetic.len(),
         carried,
         plan: rp,
         documents,
+        curation,
     })
 }

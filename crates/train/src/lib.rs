@@ -11,7 +11,7 @@ mod stats;
 mod trainer;
 
 pub use batch::Batcher;
-pub use eval::{perplexity, Evaluation};
+pub use eval::{perplexity, score_document, DocumentScore, Evaluation};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use stats::TextStats;
 pub use trainer::{TrainConfig, Trainer};
