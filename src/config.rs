@@ -871,6 +871,40 @@ accumulate = true
         assert!(e.contains("alfa"), "{e}");
     }
 
+    /// `[curation]` expands every setting under every filter, keeps presets addressable by name only, and
+    /// gives a verifier its own architecture when asked (validated like the run's).
+    #[test]
+    fn curation_expands_settings_and_sizes_verifiers() {
+        let text = "[schedule]\nsettings = [\"fixed-alpha\", \"synthetic-only\"]\n[curation]\n\
+            [[curation.filters]]\nname = \"none\"\nkind = \"none\"\n\
+            [[curation.filters]]\nname = \"big\"\nkind = \"verifier\"\ndocs = 50\nfraction = 0.5\n\
+            n_layer = 6\nn_embd = 384\n";
+        let c = Config::parse(text, "c.toml").unwrap();
+        let s: Vec<(String, usize)> = c
+            .settings()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.number))
+            .collect();
+        assert_eq!(
+            s,
+            [
+                ("fixed-alpha+none".to_string(), 200),
+                ("fixed-alpha+big".to_string(), 201),
+                ("synthetic-only+none".to_string(), 0),
+                ("synthetic-only+big".to_string(), 1),
+            ]
+        );
+        assert!(c.setting("2").is_err());
+        assert_eq!(c.setting("fixed-alpha+big").unwrap().number, 201);
+        let v = c.curation.as_ref().unwrap().filters[1].clone();
+        let g = crate::curation::verifier_config(&c, &v, 100);
+        assert_eq!((g.n_layer, g.n_head, g.n_embd), (6, 4, 384));
+        let bad = text.replace("n_embd = 384", "n_embd = 385");
+        let e = format!("{:#}", Config::parse(&bad, "c.toml").unwrap_err());
+        assert!(e.contains("curation filter \"big\""), "{e}");
+    }
+
     #[test]
     fn diff_lists_changed_keys_but_not_the_device() {
         let a = Config::default();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use corpus::{
     fraction_candidates, greedy_distinct_ngrams, keep_lowest, keep_under, oracle_select,
-    CurationRecord, Decision, Document, OracleStream, Plan,
+    CurationCounts, CurationRecord, Decision, Document, OracleStream, Plan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -287,32 +287,10 @@ pub fn select<'d>(
 /// A round's curation in its metrics row (absent in uncurated runs, so their rows are what they were).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurationMetrics {
-    pub filter: String,
-    pub kind: String,
-    pub candidates_real: usize,
-    pub candidates_synthetic: usize,
-    pub kept_real: usize,
-    pub kept_synthetic: usize,
-    pub type1: Option<f64>,
-    pub type2: Option<f64>,
+    #[serde(flatten)]
+    pub counts: CurationCounts,
     /// The verifier's held-out perplexity (verifier filters only).
     pub verifier_perplexity: Option<f64>,
-}
-
-impl CurationMetrics {
-    pub fn of(r: &CurationRecord, verifier_perplexity: Option<f64>) -> Self {
-        Self {
-            filter: r.filter.clone(),
-            kind: r.kind.clone(),
-            candidates_real: r.candidates_real,
-            candidates_synthetic: r.candidates_synthetic,
-            kept_real: r.kept_real,
-            kept_synthetic: r.kept_synthetic,
-            type1: r.type1,
-            type2: r.type2,
-            verifier_perplexity,
-        }
-    }
 }
 
 /// Where a verifier filter keeps its model, training record and evaluation for one repetition.

@@ -637,13 +637,13 @@ fn run_round(
         wall_eval_s: eval.wall_s,
         wall_generate_s: wall_generate,
         curation: match (&manifest.curation, &setting.curation) {
-            (Some(r), Some(f)) => Some(CurationMetrics::of(
-                r,
-                match f {
+            (Some(r), Some(f)) => Some(CurationMetrics {
+                counts: r.counts.clone(),
+                verifier_perplexity: match f {
                     FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, f, rep)?.1),
                     _ => None,
                 },
-            )),
+            }),
             _ => None,
         },
     };

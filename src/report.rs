@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
+use corpus::CurationCounts;
+
 use crate::curation::CurationMetrics;
 use crate::pipeline::{collect_metrics, refresh_generation_stats, MetricsRow};
 use crate::rundir::{frozen_config, write_atomic};
@@ -456,8 +458,9 @@ fn curation_table(rows: &[MetricsRow]) -> String {
             .filter(|r| r.setting == name)
             .filter_map(|r| r.curation.as_ref().map(|c| (r, c)))
             .collect();
-        let sum =
-            |f: &dyn Fn(&CurationMetrics) -> usize| cs.iter().map(|(_, c)| f(c)).sum::<usize>();
+        let sum = |f: &dyn Fn(&CurationCounts) -> usize| {
+            cs.iter().map(|(_, c)| f(&c.counts)).sum::<usize>()
+        };
         let (cr, kr) = (sum(&|c| c.candidates_real), sum(&|c| c.kept_real));
         let (csyn, ksyn) = (sum(&|c| c.candidates_synthetic), sum(&|c| c.kept_synthetic));
         let rate = |num: usize, den: usize| {
@@ -520,15 +523,15 @@ fn curation_csv(rows: &[MetricsRow]) -> Result<Vec<u8>> {
                 r.setting.clone(),
                 r.repetition.to_string(),
                 r.round.to_string(),
-                c.filter.clone(),
-                c.kind.clone(),
-                c.candidates_real.to_string(),
-                c.candidates_synthetic.to_string(),
-                c.kept_real.to_string(),
-                c.kept_synthetic.to_string(),
+                c.counts.filter.clone(),
+                c.counts.kind.clone(),
+                c.counts.candidates_real.to_string(),
+                c.counts.candidates_synthetic.to_string(),
+                c.counts.kept_real.to_string(),
+                c.counts.kept_synthetic.to_string(),
                 r.realized_alpha.to_string(),
-                opt(c.type1),
-                opt(c.type2),
+                opt(c.counts.type1),
+                opt(c.counts.type2),
                 opt(c.verifier_perplexity),
             ])?;
         }

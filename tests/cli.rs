@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_collapse-lab");
+mod common;
+use common::{command, error_line, metrics, stderr};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -70,15 +71,7 @@ seed = 7
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COLLAPSE_DATA")
-            .env_remove("COLLAPSE_TOKENIZER")
-            .env("COLLAPSE_CACHE", self.path("cache"))
-            .env("HF_HUB_OFFLINE", "1")
-            .stdin(Stdio::null());
-        c
+        command(self.dir.path(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -91,41 +84,6 @@ seed = 7
         assert!(o.status.success(), "{}", stderr(&o));
         metrics(&self.path(out))
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The error line of a failed command: exactly one line starting with `error:`.
-fn error_line(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "expected failure, got success: {}",
-        stderr(o)
-    );
-    let errs: Vec<&str> = std::str::from_utf8(&o.stderr)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "one error line expected: {}", stderr(o));
-    errs[0].to_string()
-}
-
-/// metrics.jsonl without wall-clock times, which are the only thing allowed to differ between runs.
-fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut()
-                .unwrap()
-                .retain(|k, _| !k.starts_with("wall_"));
-            v
-        })
-        .collect()
 }
 
 /// A fingerprint of the durable progress under a run directory: every file below a setting's directory, with

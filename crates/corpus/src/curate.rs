@@ -23,10 +23,9 @@ pub struct Decision {
     pub kept: bool,
 }
 
-/// What a round's filter did: its candidates by provenance, what it kept, its measured error rates and every
-/// decision.
+/// What a round's filter did: its candidates by provenance, what it kept and its measured error rates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CurationRecord {
+pub struct CurationCounts {
     /// The filter's name in the config.
     pub filter: String,
     /// oracle, verifier, self, diversity or none.
@@ -39,6 +38,13 @@ pub struct CurationRecord {
     pub type1: Option<f64>,
     /// Type II: synthetic candidates kept / synthetic candidates (absent when it saw none).
     pub type2: Option<f64>,
+}
+
+/// A round's curation as its manifest records it: the counts and every decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurationRecord {
+    #[serde(flatten)]
+    pub counts: CurationCounts,
     pub decisions: Vec<Decision>,
 }
 
@@ -53,14 +59,16 @@ impl CurationRecord {
         let (cr, cs) = (count(true, None), count(false, None));
         let (kr, ks) = (count(true, Some(true)), count(false, Some(true)));
         Self {
-            filter: filter.to_string(),
-            kind: kind.to_string(),
-            candidates_real: cr,
-            candidates_synthetic: cs,
-            kept_real: kr,
-            kept_synthetic: ks,
-            type1: (cr > 0).then(|| (cr - kr) as f64 / cr as f64),
-            type2: (cs > 0).then(|| ks as f64 / cs as f64),
+            counts: CurationCounts {
+                filter: filter.to_string(),
+                kind: kind.to_string(),
+                candidates_real: cr,
+                candidates_synthetic: cs,
+                kept_real: kr,
+                kept_synthetic: ks,
+                type1: (cr > 0).then(|| (cr - kr) as f64 / cr as f64),
+                type2: (cs > 0).then(|| ks as f64 / cs as f64),
+            },
             decisions,
         }
     }
@@ -318,6 +326,69 @@ mod tests {
             e.contains("about 2400 candidates") && e.contains("more than 240"),
             "{e}"
         );
+    }
+
+    /// Over many candidates the oracle's measured error rates converge to e1 and e2 (binomial tolerance:
+    /// five standard errors), and the realised fresh fraction of what it keeps to
+    /// alpha' = alpha (1 - e1) / (alpha (1 - e1) + (1 - alpha) e2).
+    #[test]
+    fn the_oracle_measures_e1_e2_and_moves_alpha_as_appendix_d_says() {
+        for (alpha, e1, e2) in [(0.5, 0.1, 0.3), (0.2, 0.25, 0.6), (0.8, 0.05, 0.1)] {
+            let needed = 4_000;
+            let stream = OracleStream::plan(needed, alpha, e1, e2, 10 * needed).unwrap();
+            let ids = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+            let (d, kr, ks) = oracle_select(
+                &stream,
+                alpha,
+                e1,
+                e2,
+                needed,
+                &ids("r", stream.real),
+                &ids("s", stream.synthetic),
+                7,
+            )
+            .unwrap();
+            assert_eq!(kr.len() + ks.len(), needed);
+            let r = CurationRecord::new("o", "oracle", d).counts;
+            let within = |got: f64, p: f64, n: usize| {
+                let se = (p * (1.0 - p) / n as f64).sqrt();
+                assert!((got - p).abs() < 5.0 * se, "{got} vs {p} (se {se})");
+            };
+            within(r.type1.unwrap(), e1, r.candidates_real);
+            within(r.type2.unwrap(), e2, r.candidates_synthetic);
+            let a_prime = alpha * (1.0 - e1) / (alpha * (1.0 - e1) + (1.0 - alpha) * e2);
+            within(r.kept_real as f64 / needed as f64, a_prime, needed);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the schedule and error rates, a planned oracle stream keeps exactly the documents the
+        /// round needs (or the plan is refused), and a ranking rule keeps exactly its count.
+        #[test]
+        fn filtered_counts_always_meet_the_schedule(
+            needed in 1usize..60,
+            alpha in 0.0f64..=1.0,
+            e1 in 0.0f64..=1.0,
+            e2 in 0.0f64..=1.0,
+            seed in proptest::prelude::any::<u64>(),
+            scores in proptest::collection::vec(-5.0f64..5.0, 1..80),
+        ) {
+            if let Ok(stream) = OracleStream::plan(needed, alpha, e1, e2, 40 * needed) {
+                let ids = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+                let (d, kr, ks) = oracle_select(
+                    &stream, alpha, e1, e2, needed,
+                    &ids("r", stream.real), &ids("s", stream.synthetic), seed,
+                ).unwrap();
+                proptest::prop_assert_eq!(kr.len() + ks.len(), needed);
+                proptest::prop_assert_eq!(d.iter().filter(|x| x.kept).count(), needed);
+            }
+            let keep = scores.len() / 2;
+            proptest::prop_assert_eq!(keep_lowest(&scores, keep).iter().filter(|k| **k).count(), keep);
+            let toks: Vec<Vec<u32>> = scores.iter().map(|s| vec![(s.abs() * 3.0) as u32; 4]).collect();
+            let refs: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
+            let (kept, _) = greedy_distinct_ngrams(&refs, 2, keep);
+            proptest::prop_assert_eq!(kept.iter().filter(|k| **k).count(), keep);
+        }
     }
 
     #[test]

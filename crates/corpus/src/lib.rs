@@ -20,7 +20,7 @@ mod tokenizer;
 pub use clean::{clean_documents, clean_text, CleanConfig, CleanReport};
 pub use curate::{
     fraction_candidates, greedy_distinct_ngrams, keep_lowest, keep_under, oracle_is_real,
-    oracle_select, CurationRecord, Decision, OracleStream, ORACLE_SHORTFALL,
+    oracle_select, CurationCounts, CurationRecord, Decision, OracleStream, ORACLE_SHORTFALL,
 };
 pub use document::{DocId, Document, Origin};
 pub use real::RealCorpus;
