@@ -735,10 +735,35 @@ pub fn serialize_safetensors(
             (n.clone(), view)
         })
         .collect();
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
         path: "(in memory)".into(),
         msg: e.to_string(),
-    })
+    })?;
+    Ok(sorted_header(bytes))
+}
+
+/// safetensors writes the metadata map in `HashMap` order, which differs from one map to the next, so the
+/// same weights gave different bytes (and SHA-256s) from run to run. The header is rewritten with its keys
+/// sorted: reordering keys never lengthens compact JSON, and the space padding keeps every tensor offset.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let sorted = (|| -> serde_json::Result<Vec<u8>> {
+        let mut top: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..8 + n])?;
+        if let Some(m) = top.get_mut("__metadata__") {
+            let meta: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(m.take())?;
+            *m = serde_json::to_value(meta)?;
+        }
+        serde_json::to_vec(&top)
+    })();
+    if let Ok(mut h) = sorted {
+        if h.len() <= n {
+            h.resize(n, b' ');
+            bytes[8..8 + n].copy_from_slice(&h);
+        }
+    }
+    bytes
 }
 
 /// Writes [`serialize_safetensors`] to `path` through a temp file, fsync and rename.
