@@ -19,6 +19,7 @@ use plotters::prelude::*;
 
 use corpus::CurationCounts;
 
+use crate::config::{Config, FilterSpec};
 use crate::curation::CurationMetrics;
 use crate::pipeline::{collect_metrics, refresh_generation_stats, MetricsRow};
 use crate::rundir::{frozen_config, write_atomic};
@@ -438,12 +439,13 @@ pub(crate) fn html_table(md: &str) -> String {
 }
 
 /// Per curated chain, over rounds 1 on and all repetitions: candidates per round, the realised fresh fraction
-/// of the kept documents, the filter's pooled type I and type II rates, and the verifier's perplexity.
-fn curation_table(rows: &[MetricsRow]) -> String {
+/// of the kept documents beside the one expected (the schedule's alpha, or for the oracle appendix D's alpha'
+/// from the theory crate), the filter's pooled type I and type II rates, and the verifier's perplexity.
+fn curation_table(cfg: &Config, rows: &[MetricsRow]) -> String {
     let mut s = String::from(
         "### Curation: what each filter did (rounds 1 on, all repetitions)\n\n\
-         | chain | rounds | synthetic candidates / round | realised alpha [95% CI] | type I (real rejected) | \
-         type II (synthetic kept) | verifier perplexity |\n|---|---|---|---|---|---|---|\n",
+         | chain | rounds | synthetic candidates / round | realised alpha [95% CI] | expected alpha | \
+         type I (real rejected) | type II (synthetic kept) | verifier perplexity |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut names: Vec<(usize, &str)> = rows
         .iter()
@@ -472,6 +474,18 @@ fn curation_table(rows: &[MetricsRow]) -> String {
         };
         let alphas: Vec<f64> = cs.iter().map(|(r, _)| r.realized_alpha).collect();
         let (a, ah) = mean_ci(&alphas);
+        let filter = match cfg.setting(name).ok().and_then(|s| s.curation) {
+            Some(FilterSpec::Oracle { e1, e2, .. }) => Some(theory::Filter { e1, e2 }),
+            _ => None,
+        };
+        let expected: Vec<f64> = cs
+            .iter()
+            .map(|(r, _)| match filter {
+                Some(f) => f.apply(r.alpha, r.new_docs as f64).0,
+                None => r.alpha,
+            })
+            .collect();
+        let expected = expected.iter().sum::<f64>() / expected.len().max(1) as f64;
         let mut vp: Vec<(usize, f64)> = cs
             .iter()
             .filter_map(|(r, c)| c.verifier_perplexity.map(|v| (r.repetition, v)))
@@ -485,7 +499,7 @@ fn curation_table(rows: &[MetricsRow]) -> String {
             format!("{m:.1} ± {h:.1}")
         };
         s.push_str(&format!(
-            "| {name} | {} | {:.1} | {a:.3} [{:.3}, {:.3}] | {} | {} | {verifier} |\n",
+            "| {name} | {} | {:.1} | {a:.3} [{:.3}, {:.3}] | {expected:.3} | {} | {} | {verifier} |\n",
             cs.len(),
             csyn as f64 / cs.len().max(1) as f64,
             a - ah,
@@ -730,7 +744,7 @@ pub fn report(root: &Path) -> Result<PathBuf> {
         md.push_str(&s.tables);
     }
     if curated {
-        md.push_str(&curation_table(&rows));
+        md.push_str(&curation_table(&cfg, &rows));
         // One change plot per setting, its filters side by side.
         let mut bases: Vec<String> = Vec::new();
         for (n, _) in &heldout.change {

@@ -1,5 +1,6 @@
 //! Training and evaluation of a [`gpt::Gpt`]: AdamW as nanoGPT configures it, the learning-rate schedule,
-//! gradient clipping, seeded batches of token windows, the training loop and exact held-out perplexity.
+//! gradient clipping, seeded batches of token windows, the training loop, exact held-out perplexity and
+//! per-document scores (NLL, entropy) that curation ranks by.
 //!
 //! It consumes token streams and a model; it knows nothing of documents, tokenizers, schedules of rounds or
 //! run directories (the caller decides where state is saved, with the save/load functions here).
