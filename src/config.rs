@@ -369,6 +369,15 @@ impl Default for GenerationSection {
     }
 }
 
+/// Names of custom schedules and curation filters become directory names (and `+` joins the two, so it is
+/// not allowed in either).
+fn is_directory_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+}
+
 /// Curated chains are numbered setting x CURATION_STRIDE + filter, so they sort by setting, then filter.
 pub const CURATION_STRIDE: usize = 100;
 
@@ -509,11 +518,7 @@ impl Config {
         }
         for (i, c) in sc.custom.iter().enumerate() {
             let name = &c.name;
-            let valid = !name.is_empty()
-                && name.chars().all(|ch| {
-                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
-                });
-            if !valid {
+            if !is_directory_name(name) {
                 bail!("schedule.custom name {name:?}: use lower-case letters, digits, '-' and '_' (it names a directory)");
             }
             if Setting::parse(name).is_ok() || out.iter().any(|o| &o.name == name) {
@@ -540,11 +545,7 @@ impl Config {
         }
         for (i, f) in cur.filters.iter().enumerate() {
             let name = f.name();
-            let valid = !name.is_empty()
-                && name.chars().all(|ch| {
-                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
-                });
-            if !valid {
+            if !is_directory_name(name) {
                 bail!("curation filter name {name:?}: use lower-case letters, digits, '-' and '_' (it names directories)");
             }
             if cur.filters[..i].iter().any(|g| g.name() == name) {

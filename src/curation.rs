@@ -1,15 +1,17 @@
 //! Curation between rounds: how many candidates each curated chain draws in each round (planned before any
 //! training, with the reason when a filter would need too many), and which of them a filter keeps. The rules
-//! themselves live in the corpus crate; this module scores candidates with the models the rules need.
+//! themselves live in the corpus crate; this module scores candidates with the model a rule ranks by.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use corpus::{
     fraction_candidates, greedy_distinct_ngrams, keep_lowest, keep_under, oracle_select,
-    CurationCounts, CurationRecord, Decision, Document, OracleStream, Plan,
+    CurationCounts, CurationRecord, Decision, Document, OracleStream, Plan, RoundPlan,
 };
+use gpt::Gpt;
 use serde::{Deserialize, Serialize};
+use train::score_document;
 
 use crate::config::{Confidence, Config, FilterSpec, SelfScore, SettingSpec, CURATION_STRIDE};
 
@@ -163,89 +165,52 @@ pub fn plan_pool(
     Ok(out)
 }
 
-/// The verifier's per-token NLL of a document's tokens.
-pub type VerifierScore<'a> = &'a dyn Fn(&[u32]) -> Result<f64>;
-/// The generating model's (per-token NLL, mean entropy) of a document's tokens; the flag asks for entropy.
-pub type GeneratorScore<'a> = &'a dyn Fn(&[u32], bool) -> Result<(f64, f64)>;
-
-/// How a filter scores candidates, given by the caller (which holds the models).
-pub struct Scorers<'a> {
-    pub verifier: Option<VerifierScore<'a>>,
-    pub generator: Option<GeneratorScore<'a>>,
-}
-
-/// Applies a chain's filter to round `t`'s candidates: returns the kept fresh and synthetic documents (in
-/// candidate order) and the record of every decision.
-#[allow(clippy::too_many_arguments)]
+/// Applies a chain's filter to the candidates of round `rp`: returns the kept fresh and synthetic documents (in
+/// candidate order) and the record of every decision. `scorer` is the model a scoring filter ranks by: the
+/// verifier for `verifier`, the model that wrote the candidates for `self`.
 pub fn select<'d>(
     filter: &FilterSpec,
     cand: &RoundCandidates,
-    needed_fresh: usize,
-    needed_synthetic: usize,
+    rp: &RoundPlan,
     real: &[&'d Document],
     synthetic: &[(&'d Document, &[u32])],
-    scorers: &Scorers,
+    scorer: Option<(&Gpt, u32)>,
     seed: u64,
 ) -> Result<(Vec<&'d Document>, Vec<&'d Document>, CurationRecord)> {
-    let decide = |docs: &[(&'d Document, &[u32])], scores: &[Option<f64>], kept: &[bool]| {
-        docs.iter()
-            .zip(scores)
-            .zip(kept)
-            .map(|(((d, _), s), k)| Decision {
-                id: d.id.clone(),
-                real: false,
-                score: *s,
-                kept: *k,
-            })
-            .collect::<Vec<_>>()
-    };
-    let kept_of = |kept: &[bool]| -> Vec<&'d Document> {
+    let (needed_fresh, needed_synthetic) = (rp.fresh, rp.synthetic);
+    let name = filter.name();
+    let record = |decisions| CurationRecord::new(name, filter.kind(), decisions);
+    // The others keep the scheduled fresh documents and choose among the synthetic candidates.
+    let score_all = |entropy: bool| -> Result<Vec<f64>> {
+        let (model, eot) = scorer
+            .with_context(|| format!("curation filter {name:?} has no model to score with"))?;
         synthetic
             .iter()
-            .zip(kept)
-            .filter(|(_, k)| **k)
-            .map(|((d, _), _)| *d)
+            .map(|(_, toks)| {
+                let s = score_document(model, toks, eot, entropy)?;
+                Ok(if entropy { s.mean_entropy } else { s.mean_nll })
+            })
             .collect()
     };
-    let name = filter.name();
-    let kind = filter.kind();
-    let fresh: Vec<&'d Document> = real.iter().take(needed_fresh).copied().collect();
-    let (fresh, syn, decisions) = match filter {
-        FilterSpec::Oracle { e1, e2, .. } => {
+    let (scores, kept): (Vec<Option<f64>>, Vec<bool>) = match filter {
+        // The oracle filters the whole mix of real and synthetic candidates.
+        FilterSpec::Oracle { .. } => {
             let stream = cand.oracle.context("the oracle's stream was not planned")?;
             let real_ids: Vec<String> = real.iter().map(|d| d.id.clone()).collect();
             let syn_ids: Vec<String> = synthetic.iter().map(|(d, _)| d.id.clone()).collect();
-            let needed = needed_fresh + needed_synthetic;
-            let alpha = needed_fresh as f64 / needed as f64;
-            let (decisions, kr, ks) =
-                oracle_select(&stream, alpha, *e1, *e2, needed, &real_ids, &syn_ids, seed)?;
-            (
+            let (decisions, kr, ks) = oracle_select(&stream, &real_ids, &syn_ids, seed)?;
+            return Ok((
                 kr.iter().map(|&i| real[i]).collect(),
                 ks.iter().map(|&i| synthetic[i].0).collect(),
-                decisions,
-            )
+                record(decisions),
+            ));
         }
-        FilterSpec::None { .. } => {
-            let kept = vec![true; synthetic.len()];
-            (
-                fresh,
-                kept_of(&kept),
-                decide(synthetic, &vec![None; synthetic.len()], &kept),
-            )
-        }
-        FilterSpec::Verifier {
-            fraction,
-            threshold,
-            ..
-        } => {
-            let score = scorers.verifier.context("no verifier to score with")?;
-            let scores = synthetic
-                .iter()
-                .map(|(_, t)| score(t))
-                .collect::<Result<Vec<f64>>>()?;
-            let kept = match (fraction, threshold) {
-                (Some(_), _) => keep_lowest(&scores, needed_synthetic),
-                (None, Some(th)) => keep_under(&scores, *th, needed_synthetic).with_context(|| {
+        FilterSpec::None { .. } => (vec![None; synthetic.len()], vec![true; synthetic.len()]),
+        FilterSpec::Verifier { threshold, .. } => {
+            let scores = score_all(false)?;
+            let kept = match threshold {
+                None => keep_lowest(&scores, needed_synthetic),
+                Some(th) => keep_under(&scores, *th, needed_synthetic).with_context(|| {
                     format!(
                         "curation filter {name:?}: only {} of {} candidates score under {th} nats per token, \
                          {needed_synthetic} are needed: raise the threshold or curation.max_candidates",
@@ -253,35 +218,46 @@ pub fn select<'d>(
                         scores.len()
                     )
                 })?,
-                (None, None) => bail!("curation filter {name:?} has neither fraction nor threshold"),
             };
-            let s: Vec<Option<f64>> = scores.into_iter().map(Some).collect();
-            (fresh, kept_of(&kept), decide(synthetic, &s, &kept))
+            (scores.into_iter().map(Some).collect(), kept)
         }
         FilterSpec::SelfScore { score, keep, .. } => {
-            let f = scorers
-                .generator
-                .context("no generating model to score with")?;
-            let entropy = *score == SelfScore::Entropy;
-            let scores = synthetic
-                .iter()
-                .map(|(_, t)| f(t, entropy).map(|(nll, h)| if entropy { h } else { nll }))
-                .collect::<Result<Vec<f64>>>()?;
+            let scores = score_all(*score == SelfScore::Entropy)?;
             let rank: Vec<f64> = match keep {
                 Confidence::Confident => scores.clone(),
                 Confidence::Unconfident => scores.iter().map(|s| -s).collect(),
             };
             let kept = keep_lowest(&rank, needed_synthetic);
-            let s: Vec<Option<f64>> = scores.into_iter().map(Some).collect();
-            (fresh, kept_of(&kept), decide(synthetic, &s, &kept))
+            (scores.into_iter().map(Some).collect(), kept)
         }
         FilterSpec::Diversity { ngram, .. } => {
             let toks: Vec<&[u32]> = synthetic.iter().map(|(_, t)| *t).collect();
             let (kept, gains) = greedy_distinct_ngrams(&toks, *ngram, needed_synthetic);
-            (fresh, kept_of(&kept), decide(synthetic, &gains, &kept))
+            (gains, kept)
         }
     };
-    Ok((fresh, syn, CurationRecord::new(name, kind, decisions)))
+    let decisions = synthetic
+        .iter()
+        .zip(&scores)
+        .zip(&kept)
+        .map(|(((d, _), score), kept)| Decision {
+            id: d.id.clone(),
+            real: false,
+            score: *score,
+            kept: *kept,
+        })
+        .collect();
+    let kept_synthetic = synthetic
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| **k)
+        .map(|((d, _), _)| *d)
+        .collect();
+    Ok((
+        real.iter().take(needed_fresh).copied().collect(),
+        kept_synthetic,
+        record(decisions),
+    ))
 }
 
 /// A round's curation in its metrics row (absent in uncurated runs, so their rows are what they were).

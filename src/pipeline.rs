@@ -16,12 +16,10 @@ use corpus::{
 };
 use gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
-use train::{
-    perplexity, score_document, AdamW, Batcher, Evaluation, TextStats, TrainConfig, Trainer,
-};
+use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, TrainConfig, Trainer};
 
 use crate::config::{Config, FilterSpec, SettingSpec, EOT_PROMPT};
-use crate::curation::{self, CurationMetrics, RoundCandidates, Scorers};
+use crate::curation::{self, CurationMetrics, RoundCandidates};
 use crate::progress::Progress;
 use crate::rundir::{
     chain_busy, frozen_config, read_json, read_verified, round_dir, write_atomic, write_json,
@@ -367,24 +365,22 @@ impl Ctx {
         self.plans[setting].rounds[0].new_docs
     }
 
-    /// Documents the model of round `t` must write for the chain's round `t + 1`: its synthetic documents,
-    /// or under curation its synthetic candidates.
     fn to_generate_after(&self, setting: &str, t: usize) -> usize {
-        match self.candidates.get(setting) {
-            Some(c) => c.get(t + 1).map_or(0, |r| r.synthetic),
-            None => self.plans[setting].to_generate_after(t),
-        }
+        to_generate_after(
+            &self.plans[setting],
+            self.candidates.get(setting).map(Vec::as_slice),
+            t,
+        )
     }
 }
 
-/// [`Ctx::to_generate_after`] from the config alone (candidate counts do not depend on the pool).
-pub fn generated_after(cfg: &Config, spec: &SettingSpec, plan: &Plan, t: usize) -> Result<usize> {
-    Ok(match spec.curation {
-        Some(_) => curation::candidate_counts(cfg, spec, plan)?
-            .get(t + 1)
-            .map_or(0, |r| r.synthetic),
+/// Documents the model of round `t` must write for the chain's round `t + 1`: its synthetic documents, or
+/// under curation its synthetic candidates.
+fn to_generate_after(plan: &Plan, candidates: Option<&[RoundCandidates]>, t: usize) -> usize {
+    match candidates {
+        Some(c) => c.get(t + 1).map_or(0, |r| r.synthetic),
         None => plan.to_generate_after(t),
-    })
+    }
 }
 
 /// The repetition's round 0, shared by every setting whose schedule starts with `n0` documents: its
@@ -417,10 +413,6 @@ struct SampleStore {
 }
 
 impl SampleStore {
-    fn get_empty(&mut self) -> &RoundSamples {
-        self.rounds.entry(usize::MAX).or_default()
-    }
-
     fn get(
         &mut self,
         ctx: &Ctx,
@@ -639,8 +631,14 @@ fn run_round(
         curation: match (&manifest.curation, &setting.curation) {
             (Some(r), Some(f)) => Some(CurationMetrics {
                 counts: r.counts.clone(),
+                // Written when the verifier was trained, before this round's manifest.
                 verifier_perplexity: match f {
-                    FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, f, rep)?.1),
+                    FilterSpec::Verifier { .. } => Some(
+                        read_json::<Evaluation>(
+                            &curation::verifier_dir(&dir.root, f.name(), rep).join("eval.json"),
+                        )?
+                        .perplexity,
+                    ),
                     _ => None,
                 },
             }),
@@ -676,11 +674,9 @@ fn curated_compose(
         );
     }
     let real = &pool[cand.real_offset..end];
-    let verifier_model = match filter {
-        FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, filter, rep)?.0),
-        _ => None,
-    };
-    let generator = match filter {
+    // The model a scoring filter ranks by: the verifier, or the model that wrote the candidates.
+    let scorer = match filter {
+        FilterSpec::Verifier { .. } => Some(verifier(ctx, dir, progress, filter, rep)?),
         FilterSpec::SelfScore { .. } => {
             let n0 = ctx.n0(&setting.name);
             let path =
@@ -693,37 +689,23 @@ fn curated_compose(
         }
         _ => None,
     };
-    let eot = ctx.tok.eot();
-    let score_verifier = |toks: &[u32]| -> Result<f64> {
-        let m = verifier_model.as_ref().context("no verifier")?;
-        Ok(score_document(m, toks, eot, false)?.mean_nll)
-    };
-    let score_generator = |toks: &[u32], entropy: bool| -> Result<(f64, f64)> {
-        let m = generator.as_ref().context("no generating model")?;
-        let s = score_document(m, toks, eot, entropy)?;
-        Ok((s.mean_nll, s.mean_entropy))
-    };
-    let scorers = Scorers {
-        verifier: Some(&score_verifier),
-        generator: Some(&score_generator),
-    };
-    let (docs, toks) = if cand.synthetic > 0 {
-        samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?
+    let synthetic: Vec<(&Document, &[u32])> = if cand.synthetic == 0 {
+        Vec::new()
     } else {
-        samples.get_empty()
+        let (docs, toks) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
+        if docs.len() < cand.synthetic {
+            bail!(
+                "round {t} needs {} synthetic candidates, round {} wrote {}",
+                cand.synthetic,
+                t - 1,
+                docs.len()
+            );
+        }
+        docs[..cand.synthetic]
+            .iter()
+            .map(|d| (d, toks[&d.id].as_slice()))
+            .collect()
     };
-    if docs.len() < cand.synthetic {
-        bail!(
-            "round {t} needs {} synthetic candidates, round {} wrote {}",
-            cand.synthetic,
-            t - 1,
-            docs.len()
-        );
-    }
-    let synthetic: Vec<(&Document, &[u32])> = docs[..cand.synthetic]
-        .iter()
-        .map(|d| (d, toks[&d.id].as_slice()))
-        .collect();
     if cand.synthetic > 0 {
         progress.note(&format!(
             "curation {}: {} real and {} synthetic candidates",
@@ -736,11 +718,10 @@ fn curated_compose(
     let (fresh, kept, record) = curation::select(
         filter,
         &cand,
-        rp.fresh,
-        rp.synthetic,
+        rp,
         real,
         &synthetic,
-        &scorers,
+        scorer.as_ref().map(|m| (m, ctx.tok.eot())),
         seed,
     )?;
     let kept: Vec<Document> = kept.into_iter().cloned().collect();
@@ -757,15 +738,15 @@ fn curated_compose(
 }
 
 /// The verifier of a filter for one repetition, trained on the head of the repetition's pool (documents no
-/// chain draws), with its held-out perplexity. Shared by every chain of the repetition under that filter:
-/// the first computes it while the others wait.
+/// chain draws), its held-out perplexity written beside it in `eval.json`. Shared by every chain of the
+/// repetition under that filter: the first computes it while the others wait.
 fn verifier(
     ctx: &Ctx,
     dir: &RunDir,
     progress: &Progress,
     filter: &FilterSpec,
     rep: usize,
-) -> Result<(Gpt, f64)> {
+) -> Result<Gpt> {
     let FilterSpec::Verifier { docs, steps, .. } = filter else {
         bail!("filter {} is not a verifier", filter.name());
     };
@@ -816,9 +797,7 @@ fn verifier(
         train_phase(ctx, &vd, progress, &stream, &job)?.0
     };
     let eval_path = vd.join("eval.json");
-    let ppl = if eval_path.exists() {
-        read_json::<Evaluation>(&eval_path)?.perplexity
-    } else {
+    if !eval_path.exists() {
         let e = perplexity(&model, &ctx.heldout[rep], ctx.cfg.training.eval_batch_size)?;
         write_json(&eval_path, &e)?;
         progress.note(&format!(
@@ -826,9 +805,8 @@ fn verifier(
             filter.name(),
             e.perplexity
         ));
-        e.perplexity
-    };
-    Ok((model, ppl))
+    }
+    Ok(model)
 }
 
 /// What one training phase trains: the model's shape, the training settings, and its seeds.
@@ -1236,7 +1214,12 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     let path =
         phase_dir(root, &row.setting, n0, row.repetition, row.round).join("samples.jsonl.zst");
     let (_, mut samples) = read_samples_file(&path)?;
-    samples.truncate(generated_after(cfg, &spec, &plan, row.round)?.max(want));
+    // Candidate counts depend on the schedule alone, not on the pool.
+    let candidates = match spec.curation {
+        Some(_) => Some(curation::candidate_counts(cfg, &spec, &plan)?),
+        None => None,
+    };
+    samples.truncate(to_generate_after(&plan, candidates.as_deref(), row.round).max(want));
     let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
     row.generated_docs = samples.len();
     row.stats_docs = g.text.documents;

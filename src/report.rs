@@ -399,10 +399,9 @@ fn difference_table(
         "| a | b | repetitions | a - b [95% CI] | verdict for a |\n|---|---|---|---|---|\n",
     );
     // Curated chains (SETTING+FILTER) are compared with the other filters of their own setting.
-    let base = |n: &str| n.split_once('+').map(|(b, _)| b.to_string());
     for (i, a) in names.iter().enumerate() {
         for b in &names[i + 1..] {
-            if base(a) != base(b) {
+            if curated_setting(a) != curated_setting(b) {
                 continue;
             }
             if let Some(p) = paired_difference(rows, metric, (a, b), round) {
@@ -436,6 +435,11 @@ pub(crate) fn html_table(md: &str) -> String {
         out.push_str("</tr>\n");
     }
     out + "</table>\n"
+}
+
+/// The setting of a curated chain `SETTING+FILTER` (uncurated chains have none).
+fn curated_setting(chain: &str) -> Option<&str> {
+    chain.split_once('+').map(|(b, _)| b)
 }
 
 /// Per curated chain, over rounds 1 on and all repetitions: candidates per round, the realised fresh fraction
@@ -746,9 +750,12 @@ pub fn report(root: &Path) -> Result<PathBuf> {
     if curated {
         md.push_str(&curation_table(&cfg, &rows));
         // One change plot per setting, its filters side by side.
-        let mut bases: Vec<String> = Vec::new();
-        for (n, _) in &heldout.change {
-            let b = n.split_once('+').map_or(n.as_str(), |(b, _)| b).to_string();
+        let mut bases: Vec<&str> = Vec::new();
+        for b in heldout
+            .change
+            .iter()
+            .filter_map(|(n, _)| curated_setting(n))
+        {
             if !bases.contains(&b) {
                 bases.push(b);
             }
@@ -757,7 +764,7 @@ pub fn report(root: &Path) -> Result<PathBuf> {
             let mine: Vec<Curve> = heldout
                 .change
                 .iter()
-                .filter(|(n, _)| n.starts_with(&format!("{b}+")))
+                .filter(|(n, _)| curated_setting(n) == Some(b))
                 .cloned()
                 .collect();
             let name = format!("change-{b}");

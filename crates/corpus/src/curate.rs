@@ -75,12 +75,17 @@ impl CurationRecord {
 }
 
 /// The candidate stream of the appendix-D oracle for one round: `length` candidates, `real` of them fresh real
-/// documents and `synthetic` generated ones, interleaved so that every prefix holds round(k alpha) real ones.
+/// documents and `synthetic` generated ones, interleaved so that every prefix holds round(k alpha) real ones,
+/// with the parameters it was planned for (which [`oracle_select`] walks it with).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OracleStream {
     pub length: usize,
     pub real: usize,
     pub synthetic: usize,
+    pub needed: usize,
+    pub alpha: f64,
+    pub e1: f64,
+    pub e2: f64,
 }
 
 /// The probability, accepted at plan time, that an oracle stream keeps fewer documents than the round needs.
@@ -144,6 +149,10 @@ impl OracleStream {
             length,
             real,
             synthetic: length - real,
+            needed,
+            alpha,
+            e1,
+            e2,
         })
     }
 }
@@ -152,13 +161,8 @@ impl OracleStream {
 /// (a real one is rejected when u < e1, a synthetic one kept when u < e2), and stops once `needed` are kept.
 /// Returns the decisions in stream order (candidates after the stop are not part of them) and the indices of
 /// the kept real and synthetic candidates.
-#[allow(clippy::too_many_arguments)]
 pub fn oracle_select(
     stream: &OracleStream,
-    alpha: f64,
-    e1: f64,
-    e2: f64,
-    needed: usize,
     real_ids: &[DocId],
     synthetic_ids: &[DocId],
     seed: u64,
@@ -172,6 +176,13 @@ pub fn oracle_select(
             synthetic_ids.len()
         )));
     }
+    let &OracleStream {
+        needed,
+        alpha,
+        e1,
+        e2,
+        ..
+    } = stream;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut decisions, mut real, mut syn) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ri, mut si) = (0, 0);
@@ -339,10 +350,6 @@ mod tests {
             let ids = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
             let (d, kr, ks) = oracle_select(
                 &stream,
-                alpha,
-                e1,
-                e2,
-                needed,
                 &ids("r", stream.real),
                 &ids("s", stream.synthetic),
                 7,
@@ -376,8 +383,7 @@ mod tests {
             if let Ok(stream) = OracleStream::plan(needed, alpha, e1, e2, 40 * needed) {
                 let ids = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
                 let (d, kr, ks) = oracle_select(
-                    &stream, alpha, e1, e2, needed,
-                    &ids("r", stream.real), &ids("s", stream.synthetic), seed,
+                    &stream, &ids("r", stream.real), &ids("s", stream.synthetic), seed,
                 ).unwrap();
                 proptest::prop_assert_eq!(kr.len() + ks.len(), needed);
                 proptest::prop_assert_eq!(d.iter().filter(|x| x.kept).count(), needed);
