@@ -24,6 +24,50 @@ pub struct Config {
     /// as before curation existed (and the frozen config is what it was).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub curation: Option<CurationSection>,
+    /// Endpoints fixed in the config before the run, which `report` computes.
+    #[serde(skip_serializing_if = "ReportSection::is_empty")]
+    pub report: ReportSection,
+}
+
+/// `[report]`: endpoints of an experiment, written into its config before any result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// `[[report.recovery]]`: the fraction of the gain from doubling the real data that synthetic data
+    /// recovers at one round, f = [L(base) - L(mixed)] / [L(base) - L(doubled)] on held-out mean NLL per
+    /// token, paired within repetitions, with Fieller's 95% interval.
+    pub recovery: Vec<Recovery>,
+    /// `[[report.contrast]]`: the paired difference a - b of held-out mean NLL at each listed round, with
+    /// Holm's adjustment over those rounds.
+    pub contrast: Vec<Contrast>,
+}
+
+impl ReportSection {
+    pub fn is_empty(&self) -> bool {
+        self.recovery.is_empty() && self.contrast.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    pub name: String,
+    pub round: usize,
+    /// The chain trained on the round's fresh documents alone (e.g. fresh-only).
+    pub base: String,
+    /// The chain trained on the same fresh documents plus synthetic ones (e.g. decaying-alpha).
+    pub mixed: String,
+    /// The chain trained on twice the real documents (e.g. a custom schedule of 2 n fresh).
+    pub doubled: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contrast {
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    pub rounds: Vec<usize>,
 }
 
 /// `[curation]`: every filter runs with every setting, as a chain named `SETTING+FILTER`; round 0 (no
@@ -93,6 +137,10 @@ pub enum FilterSpec {
         ngram: usize,
         fraction: f64,
     },
+    /// The length-matched control: keep the longest `fraction` of the synthetic candidates (by tokens). A
+    /// filter that keeps longer documents trains on more tokens at fixed steps; beside this control, its
+    /// effect can be told from the length it keeps.
+    Longest { name: String, fraction: f64 },
 }
 
 fn default_ngram() -> usize {
@@ -122,7 +170,8 @@ impl FilterSpec {
             | FilterSpec::Oracle { name, .. }
             | FilterSpec::Verifier { name, .. }
             | FilterSpec::SelfScore { name, .. }
-            | FilterSpec::Diversity { name, .. } => name,
+            | FilterSpec::Diversity { name, .. }
+            | FilterSpec::Longest { name, .. } => name,
         }
     }
 
@@ -133,6 +182,7 @@ impl FilterSpec {
             FilterSpec::Verifier { .. } => "verifier",
             FilterSpec::SelfScore { .. } => "self",
             FilterSpec::Diversity { .. } => "diversity",
+            FilterSpec::Longest { .. } => "longest",
         }
     }
 
@@ -176,7 +226,9 @@ impl FilterSpec {
                     bail!("curation filter {name:?}: steps must be at least 1");
                 }
             }
-            FilterSpec::SelfScore { fraction: f, .. } => fraction(*f)?,
+            FilterSpec::SelfScore { fraction: f, .. } | FilterSpec::Longest { fraction: f, .. } => {
+                fraction(*f)?
+            }
             FilterSpec::Diversity {
                 ngram, fraction: f, ..
             } => {
@@ -263,10 +315,112 @@ impl Default for ModelSection {
     }
 }
 
+/// How long a round trains: a fixed number of steps (`steps = 3000`), or passes over the round's training
+/// tokens, `steps = { passes = 25.0, min = 100, max = 20000 }`: ceil(passes x |D_t tokens| / (batch x
+/// block)) steps, clamped to [min, max], decided from D_t's token count before training starts. The theory's
+/// estimator is the fit to all of D_t; a fixed count makes passes fall as D_t grows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Steps {
+    Count(u64),
+    Passes(PassesSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassesSpec {
+    pub passes: f64,
+    #[serde(default = "default_min_steps")]
+    pub min: u64,
+    #[serde(default = "default_max_steps")]
+    pub max: u64,
+}
+
+fn default_min_steps() -> u64 {
+    1
+}
+
+fn default_max_steps() -> u64 {
+    1_000_000
+}
+
+impl Steps {
+    /// The steps for a token stream of `tokens` tokens in batches of `batch` windows of `block` tokens.
+    pub fn for_tokens(&self, tokens: usize, batch: usize, block: usize) -> u64 {
+        match self {
+            Steps::Count(n) => *n,
+            Steps::Passes(p) => {
+                let want = (p.passes * tokens as f64 / (batch * block) as f64).ceil() as u64;
+                want.clamp(p.min, p.max)
+            }
+        }
+    }
+
+    /// The fewest steps any round may train (for validating the optimizer settings).
+    pub fn least(&self) -> u64 {
+        match self {
+            Steps::Count(n) => *n,
+            Steps::Passes(p) => p.min,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Steps::Passes(p) = self {
+            if !(p.passes.is_finite() && p.passes > 0.0) {
+                bail!("training.steps.passes must be positive, got {}", p.passes);
+            }
+            if p.min == 0 || p.max < p.min {
+                bail!(
+                    "training.steps needs 1 <= min <= max, got min = {}, max = {}",
+                    p.min,
+                    p.max
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Steps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Steps::Count(n) => s.serialize_u64(*n),
+            Steps::Passes(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Steps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Steps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of steps, or { passes = P, min = A, max = B }")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Steps, E> {
+                Ok(Steps::Count(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Steps, E> {
+                u64::try_from(v)
+                    .map(Steps::Count)
+                    .map_err(|_| E::custom(format!("steps must be positive, got {v}")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Steps, A::Error> {
+                PassesSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Steps::Passes)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
-    pub steps: u64,
+    pub steps: Steps,
     pub batch_size: usize,
     pub lr: LrSchedule,
     pub adamw: AdamWConfig,
@@ -280,13 +434,18 @@ pub struct TrainingSection {
     pub eval_batch_size: usize,
     /// Keep each round's final optimizer state beside its model (128 MB a round at the paper's size).
     pub keep_optimizer_state: bool,
+    /// Held-out loss every this many steps during training (nanoGPT's `eval_interval`), recorded in
+    /// train.json beside the training loss; 0: only after training.
+    pub eval_every: u64,
+    /// Held-out tokens that curve is measured on (the first of the repetition's held-out stream); 0: all.
+    pub eval_tokens: usize,
 }
 
 impl Default for TrainingSection {
     fn default() -> Self {
         let t = TrainConfig::default();
         Self {
-            steps: t.steps,
+            steps: Steps::Count(t.steps),
             batch_size: t.batch_size,
             lr: t.lr,
             adamw: t.adamw,
@@ -295,6 +454,8 @@ impl Default for TrainingSection {
             log_every: 50,
             eval_batch_size: 32,
             keep_optimizer_state: true,
+            eval_every: 0,
+            eval_tokens: 0,
         }
     }
 }
@@ -335,11 +496,121 @@ impl Default for DataSection {
     }
 }
 
+/// The most tokens a generated document may have: a number, or `"auto"`, one more than the 99.5th
+/// percentile of the corpus documents' token lengths under the run's tokenizer, so that a model that writes
+/// plots as long as real ones is rarely cut (1,900 GPT-2 tokens on the movie plots).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxNewTokens {
+    Tokens(usize),
+    Auto,
+}
+
+/// The percentile of real document lengths `"auto"` covers.
+pub const AUTO_CAP_QUANTILE: f64 = 0.995;
+
+impl MaxNewTokens {
+    /// The cap for a corpus whose documents have these token lengths.
+    pub fn resolve(&self, lengths: impl Iterator<Item = usize>) -> usize {
+        match self {
+            MaxNewTokens::Tokens(n) => *n,
+            MaxNewTokens::Auto => {
+                let mut l: Vec<usize> = lengths.collect();
+                l.sort_unstable();
+                if l.is_empty() {
+                    return 1;
+                }
+                // Nearest rank: the smallest length at least 99.5% of documents do not exceed; one more
+                // token so that such a document's end-of-text still fits.
+                let rank = ((AUTO_CAP_QUANTILE * l.len() as f64).ceil() as usize).clamp(1, l.len());
+                l[rank - 1] + 1
+            }
+        }
+    }
+}
+
+impl Serialize for MaxNewTokens {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            MaxNewTokens::Tokens(n) => s.serialize_u64(*n as u64),
+            MaxNewTokens::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxNewTokens {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxNewTokens;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of tokens or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                Ok(MaxNewTokens::Tokens(v as usize))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(MaxNewTokens::Tokens)
+                    .map_err(|_| E::custom(format!("max_new_tokens must be positive, got {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                match v {
+                    "auto" => Ok(MaxNewTokens::Auto),
+                    _ => Err(E::custom(format!(
+                        "max_new_tokens must be a number of tokens or \"auto\", got {v:?}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a generated document cut at `max_new_tokens` (without drawing `<|endoftext|>`) becomes in the next
+/// round's corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncation {
+    /// Followed by `<|endoftext|>` like a finished one, as before this option existed: the next model learns
+    /// that plots end at the cap.
+    Finished,
+    /// Kept without the `<|endoftext|>` that says "a plot ends here": the next document follows directly.
+    Open,
+    /// Dropped and drawn again until the round has enough finished documents (at most `max_draws` x the
+    /// documents it needs). Keeps only the plots shorter than the cap: the kept ones are the model's
+    /// distribution conditioned on ending in time, biased toward short plots.
+    Redraw,
+}
+
+/// How synthetic documents reach the next round's corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Carry {
+    /// Decoded to text and encoded again, as a web page would be (before this option existed, the only way):
+    /// byte sequences that are not UTF-8 become U+FFFD and other token ids.
+    Text,
+    /// The token ids the model drew (a run's tokenizer is fixed, so they are valid within the run).
+    Tokens,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GenerationSection {
-    /// 200 GPT-2 tokens are about 150 words of movie plot (1.3 tokens per word in this corpus).
-    pub max_new_tokens: usize,
+    /// A number of tokens, or "auto" (see [`MaxNewTokens`]). The paper's ~150 words are 200 GPT-2 tokens
+    /// (1.3 tokens per word in this corpus), which cuts 69% of real plots.
+    pub max_new_tokens: MaxNewTokens,
+    /// What a document cut at the cap becomes: "finished", "open" or "redraw".
+    pub truncated: Truncation,
+    /// Under "redraw", the most documents drawn per document a round needs.
+    pub max_draws: f64,
+    /// How synthetic documents reach the next round: "text" or "tokens".
+    pub carry: Carry,
+    /// Length-robust statistics of generated plots (distinct-n) are measured on the first this many words of
+    /// the round's documents.
+    pub stats_words: usize,
     pub temperature: f32,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
@@ -358,7 +629,11 @@ impl Default for GenerationSection {
         // Sampling defaults are the model crate's, so the two cannot drift apart.
         let g = GenerateConfig::default();
         Self {
-            max_new_tokens: g.max_new_tokens,
+            max_new_tokens: MaxNewTokens::Auto,
+            truncated: Truncation::Finished,
+            max_draws: 10.0,
+            carry: Carry::Text,
+            stats_words: 1000,
             temperature: g.temperature,
             top_k: g.top_k,
             top_p: g.top_p,
@@ -410,6 +685,9 @@ pub struct CustomSchedule {
     pub alpha: Alpha,
     #[serde(default)]
     pub accumulate: bool,
+    /// With `accumulate`: n_t is |D_t| (each round adds n_t - n_{t-1}), not the documents added.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub size_is_total: bool,
 }
 
 impl CustomSchedule {
@@ -418,12 +696,13 @@ impl CustomSchedule {
             size: self.size.clone(),
             alpha: self.alpha.clone(),
             accumulate: self.accumulate,
+            size_is_total: self.size_is_total,
         }
     }
 }
 
 /// A schedule the config runs, under its name: one of the paper's four settings or a custom one. `number`
-/// orders them: the presets' own numbers 0-3, then the custom schedules in the config's order from 4.
+/// orders them: the presets' own numbers 0-4, then the custom schedules in the config's order from 5.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettingSpec {
     pub name: String,
@@ -444,7 +723,10 @@ impl Default for ScheduleSection {
         Self {
             n: 1000,
             rounds: 10,
-            settings: Setting::ALL.iter().map(|s| s.name().to_string()).collect(),
+            settings: Setting::PAPER
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect(),
             alpha: 0.5,
             custom: Vec::new(),
         }
@@ -604,10 +886,12 @@ impl Config {
         }
     }
 
+    /// The training settings; `steps` is the fewest a round may train (the pipeline sets each round's from its
+    /// token count, see [`Steps`]).
     pub fn train(&self) -> TrainConfig {
         let t = &self.training;
         TrainConfig {
-            steps: t.steps,
+            steps: t.steps.least(),
             batch_size: t.batch_size,
             lr: t.lr.clone(),
             adamw: t.adamw.clone(),
@@ -615,10 +899,11 @@ impl Config {
         }
     }
 
-    pub fn generate(&self, stop_token: u32) -> GenerateConfig {
+    /// The sampling settings with the run's resolved cap (see [`MaxNewTokens`]).
+    pub fn generate(&self, stop_token: u32, max_new_tokens: usize) -> GenerateConfig {
         let g = &self.generation;
         GenerateConfig {
-            max_new_tokens: g.max_new_tokens,
+            max_new_tokens,
             temperature: g.temperature,
             top_k: g.top_k,
             top_p: g.top_p,
@@ -628,8 +913,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.gpt(1).validate()?;
+        self.training.steps.validate()?;
         self.train().validate()?;
-        self.generate(0).validate()?;
+        self.generate(0, 1).validate()?;
         // Every schedule plans as far as the config alone decides (the pool's size comes with the data).
         if self.schedule.rounds > 0 {
             for s in self.settings()? {
@@ -654,6 +940,39 @@ impl Config {
             .simulation()
             .validate()
             .context("invalid [theory] section")?;
+        if !self.report.is_empty() {
+            let names: Vec<String> = self.settings()?.into_iter().map(|s| s.name).collect();
+            let known = |what: &str, chain: &str| -> Result<()> {
+                if !names.iter().any(|n| n == chain) {
+                    bail!(
+                        "{what} names the chain {chain:?}, which this config does not run (it runs {})",
+                        names.join(", ")
+                    );
+                }
+                Ok(())
+            };
+            let last = self.schedule.rounds.saturating_sub(1);
+            for r in &self.report.recovery {
+                let what = format!("[[report.recovery]] {:?}", r.name);
+                for c in [&r.base, &r.mixed, &r.doubled] {
+                    known(&what, c)?;
+                }
+                if r.round > last {
+                    bail!("{what}: round {} is past the last round, {last}", r.round);
+                }
+            }
+            for c in &self.report.contrast {
+                let what = format!("[[report.contrast]] {:?}", c.name);
+                known(&what, &c.a)?;
+                known(&what, &c.b)?;
+                if let Some(r) = c.rounds.iter().find(|&&r| r > last) {
+                    bail!("{what}: round {r} is past the last round, {last}");
+                }
+                if c.rounds.is_empty() {
+                    bail!("{what}: list at least one round");
+                }
+            }
+        }
         let checks = [
             (
                 self.experiment.repetitions == 0,
@@ -695,8 +1014,20 @@ impl Config {
                 "generation.batch_size must be at least 1",
             ),
             (
-                self.generation.max_new_tokens == 0,
+                self.generation.max_new_tokens == MaxNewTokens::Tokens(0),
                 "generation.max_new_tokens must be at least 1",
+            ),
+            (
+                self.generation.max_draws.is_nan() || self.generation.max_draws < 1.0,
+                "generation.max_draws must be at least 1 (draws per document a round needs)",
+            ),
+            (
+                self.generation.stats_words == 0,
+                "generation.stats_words must be at least 1",
+            ),
+            (
+                self.training.eval_every > 0 && self.training.eval_tokens == 1,
+                "training.eval_tokens must be 0 (all) or at least 2",
             ),
             (
                 self.generation.min_docs == 0,
@@ -763,14 +1094,14 @@ mod tests {
     fn defaults_are_the_papers() {
         let c = Config::parse("", "empty.toml").unwrap();
         assert_eq!(c.gpt(50257), GptConfig::paper());
-        assert_eq!(c.training.steps, 3000);
+        assert_eq!(c.training.steps, Steps::Count(3000));
         assert_eq!(c.training.batch_size, 32);
         assert_eq!(c.training.lr, LrSchedule::Constant { lr: 1e-3 });
         assert_eq!(c.schedule.n, 1000);
         assert_eq!(c.schedule.rounds, 10);
         assert_eq!(c.experiment.repetitions, 10);
         let names: Vec<String> = c.settings().unwrap().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, Setting::ALL.map(|s| s.name().to_string()));
+        assert_eq!(names, Setting::PAPER.map(|s| s.name().to_string()));
         assert_eq!(c.data.heldout_docs, 500);
     }
 
@@ -823,8 +1154,8 @@ accumulate = true
             names,
             [
                 ("fixed-alpha", 2),
-                ("n-fresh-plus-n-synthetic", 4),
-                ("sqrt-decay-quadratic-acc", 5)
+                ("n-fresh-plus-n-synthetic", 5),
+                ("sqrt-decay-quadratic-acc", 6)
             ]
         );
         let plan = s[1].schedule.plan(3, 10_000).unwrap();
@@ -847,7 +1178,7 @@ accumulate = true
             .unwrap_err()
             .to_string()
             .contains("not in this config"));
-        assert_eq!(c.setting("n-fresh-plus-n-synthetic").unwrap().number, 4);
+        assert_eq!(c.setting("n-fresh-plus-n-synthetic").unwrap().number, 5);
         assert_eq!(c.setting("2").unwrap().name, "fixed-alpha");
         let e = s[1].schedule.plan(3, 300).unwrap_err().to_string();
         assert!(e.contains("short by 100"), "{e}");
@@ -910,7 +1241,7 @@ accumulate = true
     fn diff_lists_changed_keys_but_not_the_device() {
         let a = Config::default();
         let mut b = a.clone();
-        b.training.steps = 7;
+        b.training.steps = Steps::Count(7);
         b.experiment.device = "cuda".into();
         assert_eq!(a.diff(&b), ["training.steps: 3000 -> 7"]);
         let c = Config::parse(&a.to_toml(), "round-trip").unwrap();

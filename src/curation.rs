@@ -89,7 +89,9 @@ pub fn candidate_counts(
                     synthetic: ((factor * rp.synthetic as f64).floor() as usize).max(rp.synthetic),
                     ..plain
                 }),
-                FilterSpec::SelfScore { fraction, .. } | FilterSpec::Diversity { fraction, .. } => {
+                FilterSpec::SelfScore { fraction, .. }
+                | FilterSpec::Diversity { fraction, .. }
+                | FilterSpec::Longest { fraction, .. } => {
                     by_fraction(*fraction)
                 }
             }
@@ -229,6 +231,13 @@ pub fn select<'d>(
             };
             let kept = keep_lowest(&rank, needed_synthetic);
             (scores.into_iter().map(Some).collect(), kept)
+        }
+        FilterSpec::Longest { .. } => {
+            // Ranked by length, longest first; the score recorded is the candidate's token count.
+            let lengths: Vec<f64> = synthetic.iter().map(|(_, t)| t.len() as f64).collect();
+            let rank: Vec<f64> = lengths.iter().map(|l| -l).collect();
+            let kept = keep_lowest(&rank, needed_synthetic);
+            (lengths.into_iter().map(Some).collect(), kept)
         }
         FilterSpec::Diversity { ngram, .. } => {
             let toks: Vec<&[u32]> = synthetic.iter().map(|(_, t)| *t).collect();

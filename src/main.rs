@@ -13,6 +13,7 @@ mod progress;
 mod report;
 mod rundir;
 mod slurm;
+mod stats;
 mod theory;
 mod tools;
 mod workers;
@@ -73,16 +74,37 @@ enum Command {
     Slurm(slurm::SlurmArgs),
     /// Show how far each setting and repetition of a run has come.
     #[command(after_help = "Example:\n  collapse-lab status runs/quick")]
-    Status {
-        dir: PathBuf,
-    },
+    Status { dir: PathBuf },
     /// Plot held-out perplexity per round (PNG, SVG), summarise it (markdown, HTML) and export metrics.csv.
     #[command(
-        after_help = "Example:\n  collapse-lab report runs/quick && xdg-open runs/quick/report/report.html"
+        after_help = "Examples:\n  collapse-lab report runs/quick && xdg-open runs/quick/report/report.html\n  collapse-lab report --metrics docs/results/miniature/metrics.csv --config configs/miniature.toml --out docs/results/miniature\n\nThe second form re-analyses a published metrics.csv (and curation.csv with --curation) without its run directory."
     )]
     Report {
-        dir: PathBuf,
+        /// The run directory (omit with --metrics).
+        #[arg(required_unless_present = "metrics")]
+        dir: Option<PathBuf>,
+        /// Perplexity on a linear axis (default: log).
+        #[arg(long)]
+        linear: bool,
+        /// A metrics.csv written by `report`, to re-analyse without its run directory (needs --config, --out).
+        #[arg(long, requires_all = ["config", "out"], conflicts_with = "dir")]
+        metrics: Option<PathBuf>,
+        /// The config the published metrics come from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The curation.csv beside the published metrics, for curated runs.
+        #[arg(long)]
+        curation: Option<PathBuf>,
+        /// Where to write the re-analysis.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
+    /// Calibrate round 0's training length: train it on one repetition with the held-out loss every few steps,
+    /// and report the step where held-out loss is lowest (the paper's "going beyond leads to over-fitting").
+    #[command(
+        after_help = "Example:\n  collapse-lab calibrate configs/setting3-a-small.toml --steps 1000 --eval-every 20 --out runs/calibrate-small\n\nIt trains on a repetition the experiment does not use (by default the config's `repetitions`, the first one past its own), so the choice it informs is made before any of the experiment's results."
+    )]
+    Calibrate(pipeline::CalibrateArgs),
     /// Sample documents from a checkpoint.
     #[command(
         after_help = "Example:\n  collapse-lab generate runs/quick/synthetic-only/rep-0/round-4/model.safetensors --count 3"
@@ -96,8 +118,9 @@ enum Command {
     #[command(
         after_help = "Example:\n  collapse-lab export runs/quick/accumulate/rep-0/round-2/model.safetensors --out hf-model\n  python -c 'import transformers as t; t.GPT2LMHeadModel.from_pretrained(\"hf-model\")'"
     )]
+    /// Write a checkpoint in Hugging Face transformers' GPT-2 layout (config.json, model.safetensors, tokenizer).
     Export(tools::ExportArgs),
-    /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
+    /// The paper's theory under the config's schedules: exact risk recurrences and Monte Carlo simulations.
     #[command(
         after_help = "Example:\n  collapse-lab theory configs/theory-figure2.toml --out runs/theory-figure2\n\nThe config's schedules (presets and [[schedule.custom]]) through the model of its [theory] section."
     )]
@@ -106,6 +129,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure training, evaluation and generation throughput against the device's matmul peak (JSON on stdout).
     Bench(bench::BenchArgs),
     /// Check the engine on a device (gradients, cached decoding, loss curve against the CPU, device sampling).
     GpuCheck(gpucheck::CheckArgs),
@@ -194,11 +218,31 @@ fn execute(cli: Cli) -> Result<()> {
             print!("{}", pipeline::status(&dir)?);
             Ok(())
         }
-        Command::Report { dir } => {
-            let out = report::report(&dir)?;
+        Command::Report {
+            dir,
+            linear,
+            metrics,
+            config,
+            curation,
+            out,
+        } => {
+            let input = match (dir, metrics, config, out) {
+                (Some(dir), None, _, _) => report::Input::RunDir(dir),
+                (None, Some(metrics), Some(config), Some(out)) => report::Input::Published {
+                    metrics,
+                    config,
+                    curation,
+                    out,
+                },
+                _ => anyhow::bail!(
+                    "report needs a run directory, or --metrics with --config and --out"
+                ),
+            };
+            let out = report::report(&input, report::Options { linear })?;
             println!("{}", out.join("report.html").display());
             Ok(())
         }
+        Command::Calibrate(a) => pipeline::calibrate(a),
         Command::Theory { config, out } => {
             let cfg = config::Config::load(&config)?;
             let out = out.unwrap_or_else(|| pipeline::default_out(&config));

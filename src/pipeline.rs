@@ -11,14 +11,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use corpus::{
-    bpe_training_docs, compose, compose_selected, token_stream, Document, Manifest, Origin, Plan,
-    RealCorpus, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
+    bpe_training_docs, compose, compose_selected, token_stream, token_stream_with_ends, Document,
+    Manifest, Origin, Plan, RealCorpus, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
 };
 use gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
-use train::{perplexity, AdamW, Batcher, Evaluation, TextStats, TrainConfig, Trainer};
+use train::{
+    perplexity, score_document, AdamW, Batcher, Evaluation, LengthRobustStats, TextStats,
+    TrainConfig, Trainer,
+};
 
-use crate::config::{Config, FilterSpec, SettingSpec, EOT_PROMPT};
+use crate::config::{Carry, Config, FilterSpec, SettingSpec, Steps, Truncation, EOT_PROMPT};
 use crate::curation::{self, CurationMetrics, RoundCandidates};
 use crate::progress::Progress;
 use crate::rundir::{
@@ -64,6 +67,59 @@ pub struct MetricsRow {
     pub gen_truncated: usize,
     #[serde(default)]
     pub gen_replacement_char: usize,
+    /// Length-robust statistics of the generated plots (see [`train::LengthRobustStats`]): distinct-1/2 over
+    /// the first `stats_words` words of the round's documents (absent when they hold fewer), and MTLD over
+    /// the words of the first `stats_docs` documents. Absent from rows written before them.
+    #[serde(default)]
+    pub stats_words: usize,
+    #[serde(default)]
+    pub gen_distinct_1_words: Option<f64>,
+    #[serde(default)]
+    pub gen_distinct_2_words: Option<f64>,
+    #[serde(default)]
+    pub gen_mtld: Option<f64>,
+    /// How the round generated: the cap on new tokens, what a document cut at it became, how synthetic
+    /// documents reach the next round, and the documents drawn for this chain (more than `generated_docs`
+    /// under `truncated = "redraw"`; `gen_truncated` counts the cut ones among them).
+    #[serde(default)]
+    pub gen_max_new_tokens: usize,
+    #[serde(default)]
+    pub gen_truncation: Option<String>,
+    #[serde(default)]
+    pub gen_carry: Option<String>,
+    #[serde(default)]
+    pub gen_drawn: usize,
+    /// Passes over D_t's tokens: steps x batch x block / train_tokens.
+    #[serde(default)]
+    pub train_passes: Option<f64>,
+    /// With `training.eval_every`: the step of the lowest held-out mean NLL during training, and that NLL.
+    #[serde(default)]
+    pub heldout_best_step: Option<u64>,
+    #[serde(default)]
+    pub heldout_best_nll: Option<f64>,
+    /// The tails: quantiles (5, 25, 50, 75, 95%) of per-document perplexity of the held-out plots under this
+    /// round's model, and of the round's first `stats_docs` generated plots under the repetition's round-0
+    /// model. Absent from rows written before them.
+    #[serde(default)]
+    pub heldout_doc_ppl_q05: Option<f64>,
+    #[serde(default)]
+    pub heldout_doc_ppl_q25: Option<f64>,
+    #[serde(default)]
+    pub heldout_doc_ppl_q50: Option<f64>,
+    #[serde(default)]
+    pub heldout_doc_ppl_q75: Option<f64>,
+    #[serde(default)]
+    pub heldout_doc_ppl_q95: Option<f64>,
+    #[serde(default)]
+    pub gen_round0_ppl_q05: Option<f64>,
+    #[serde(default)]
+    pub gen_round0_ppl_q25: Option<f64>,
+    #[serde(default)]
+    pub gen_round0_ppl_q50: Option<f64>,
+    #[serde(default)]
+    pub gen_round0_ppl_q75: Option<f64>,
+    #[serde(default)]
+    pub gen_round0_ppl_q95: Option<f64>,
     pub wall_compose_s: f64,
     pub wall_train_s: f64,
     pub wall_eval_s: f64,
@@ -79,6 +135,8 @@ pub struct MetricsRow {
 struct TrainState {
     step: u64,
     losses: Vec<(u64, f64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    heldout: Vec<(u64, f64)>,
     wall_s: f64,
 }
 
@@ -97,12 +155,40 @@ fn latest_checkpoint(rd: &Path) -> Option<(PathBuf, u64)> {
 
 /// A finished training phase.
 #[derive(Debug, Serialize, Deserialize)]
-struct TrainRecord {
-    steps: u64,
-    train_tokens: usize,
-    final_loss: f64,
-    losses: Vec<(u64, f64)>,
-    wall_s: f64,
+pub struct TrainRecord {
+    /// Planned from D_t's token count before training (see `training.steps`).
+    pub steps: u64,
+    pub train_tokens: usize,
+    pub final_loss: f64,
+    pub losses: Vec<(u64, f64)>,
+    /// Held-out mean NLL per token during training, (step, NLL), with `training.eval_every`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heldout: Vec<(u64, f64)>,
+    /// SHA-256 of D_t's token stream (little-endian u32 ids), so what a round trained on can be checked
+    /// against its documents without keeping the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sha256: Option<String>,
+    pub wall_s: f64,
+}
+
+/// SHA-256 of a token stream as little-endian u32s.
+pub fn stream_sha256(stream: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in stream {
+        h.update(t.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+impl TrainRecord {
+    /// The lowest point of the held-out curve.
+    pub fn heldout_best(&self) -> Option<(u64, f64)> {
+        self.heldout
+            .iter()
+            .copied()
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +204,21 @@ pub struct Sample {
     origin: Origin,
     text: String,
     new_tokens: usize,
+    /// The token ids the model drew (absent in samples written before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokens: Option<Vec<u32>>,
+    /// Cut at the cap without drawing `<|endoftext|>` (absent before: then `new_tokens >= cap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
+    /// Under `truncated = "redraw"`: a cut draw, recorded for its count and never used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dropped: bool,
+}
+
+impl Sample {
+    fn is_truncated(&self, cap: usize) -> bool {
+        self.truncated.unwrap_or(self.new_tokens >= cap)
+    }
 }
 
 /// A seed for one purpose of one (repetition, round), independent of the settings around it.
@@ -149,6 +250,8 @@ struct Ctx {
     plans: HashMap<String, Plan>,
     /// Each curated chain's candidates per round, by setting name.
     candidates: HashMap<String, Vec<RoundCandidates>>,
+    /// `generation.max_new_tokens` resolved for this corpus and tokenizer.
+    max_new_tokens: usize,
 }
 
 pub struct Selection {
@@ -307,6 +410,10 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
     let cache = TokenCache::new(TokenCache::default_dir());
     let (doc_tokens, _) = real.tokenize(&tok, Some(&cache))?;
     let eot = tok.eot();
+    let max_new_tokens = cfg
+        .generation
+        .max_new_tokens
+        .resolve(doc_tokens.iter().map(Vec::len));
     let heldout = splits
         .iter()
         .map(|s| token_stream(s.heldout.iter().map(|&i| doc_tokens[i].as_slice()), eot))
@@ -356,6 +463,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         second,
         plans,
         candidates,
+        max_new_tokens,
     })
 }
 
@@ -403,8 +511,12 @@ pub fn phase_dir(root: &Path, setting: &str, n0: usize, rep: usize, t: usize) ->
     }
 }
 
-/// A round's generated documents, in order, and their tokens by id.
-type RoundSamples = (Vec<Document>, HashMap<String, Vec<u32>>);
+/// A round's kept generated documents in order, and per id the tokens the next round trains on with whether
+/// an `<|endoftext|>` follows them there (not after a cut document under `truncated = "open"`).
+struct RoundSamples {
+    docs: Vec<Document>,
+    tokens: HashMap<String, (Vec<u32>, bool)>,
+}
 
 /// Synthetic documents of earlier rounds of one (setting, repetition), read once and kept with their tokens.
 #[derive(Default)]
@@ -422,13 +534,50 @@ impl SampleStore {
         round: usize,
     ) -> Result<&RoundSamples> {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.rounds.entry(round) {
-            let docs = read_samples(
-                &phase_dir(root, setting, ctx.n0(setting), rep, round).join("samples.jsonl.zst"),
-            )?;
-            let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-            let toks = ctx.tok.encode_all(&texts)?;
-            let map = docs.iter().map(|d| d.id.clone()).zip(toks).collect();
-            slot.insert((docs, map));
+            let path =
+                phase_dir(root, setting, ctx.n0(setting), rep, round).join("samples.jsonl.zst");
+            let kept: Vec<Sample> = read_samples_file(&path)?
+                .1
+                .into_iter()
+                .filter(|s| !s.dropped)
+                .collect();
+            let gen = &ctx.cfg.generation;
+            let toks: Vec<Vec<u32>> = match gen.carry {
+                Carry::Text => {
+                    let texts: Vec<&str> = kept.iter().map(|s| s.text.as_str()).collect();
+                    ctx.tok.encode_all(&texts)?
+                }
+                Carry::Tokens => kept
+                    .iter()
+                    .map(|s| {
+                        s.tokens.clone().with_context(|| {
+                            format!(
+                                "{} holds no token ids (written before they were kept): use carry = \"text\" \
+                                 for this run, or delete the round to regenerate it",
+                                path.display()
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let open = gen.truncated == Truncation::Open;
+            let tokens = kept
+                .iter()
+                .zip(toks)
+                .map(|(s, t)| {
+                    let ends = !(open && s.is_truncated(ctx.max_new_tokens));
+                    (s.id.clone(), (t, ends))
+                })
+                .collect();
+            let docs = kept
+                .into_iter()
+                .map(|s| Document {
+                    id: s.id,
+                    text: s.text,
+                    origin: s.origin,
+                })
+                .collect();
+            slot.insert(RoundSamples { docs, tokens });
         }
         Ok(&self.rounds[&round])
     }
@@ -486,7 +635,7 @@ fn run_round(
             )?,
             _ => {
                 let synthetic: Vec<Document> = if plan.rounds[t].synthetic > 0 {
-                    let (docs, _) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
+                    let docs = &samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?.docs;
                     docs[..plan.rounds[t].synthetic].to_vec()
                 } else {
                     Vec::new()
@@ -584,20 +733,77 @@ fn run_round(
             t,
         )?;
     }
-    drop(shared);
-    let (wall_meta, mut generated) = read_samples_file(&samples_path)?;
-    generated.truncate(own_count);
+    let (wall_meta, all_samples) = read_samples_file(&samples_path)?;
     let wall_generate = wall_meta.unwrap_or(started.elapsed().as_secs_f64());
     let gen = GenerationStats::of(
-        &generated,
+        &all_samples,
+        own_count,
         cfg.generation.min_docs,
-        cfg.generation.max_new_tokens,
+        cfg.generation.stats_words,
+        ctx.max_new_tokens,
     );
-    let stats = gen.text;
 
-    // Phase 5: the round's metrics.
+    // Phase 5: the tails, per-document perplexities (shared with round 0's other settings, like its files).
+    let tails_path = pd.join("tails.json");
+    let tails: TailsRecord = if tails_path.exists() {
+        read_json(&tails_path)?
+    } else {
+        progress.phase("tails", 1);
+        let started = Instant::now();
+        let eot = ctx.tok.eot();
+        let heldout = doc_perplexities(
+            &model,
+            ctx.splits[rep]
+                .heldout
+                .iter()
+                .map(|&i| ctx.doc_tokens[i].as_slice()),
+            eot,
+        )?;
+        // What the model drew (re-encoded for samples written before the ids were kept).
+        let first: Vec<&Sample> = all_samples
+            .iter()
+            .filter(|s| !s.dropped)
+            .take(cfg.generation.min_docs)
+            .collect();
+        let toks: Vec<Vec<u32>> = first
+            .iter()
+            .map(|s| match &s.tokens {
+                Some(t) => Ok(t.clone()),
+                None => Ok(ctx.tok.encode(&s.text)?),
+            })
+            .collect::<Result<_>>()?;
+        let round0 = if t == 0 {
+            None
+        } else {
+            let path = phase_dir(&dir.root, &setting.name, n0, rep, 0).join("model.safetensors");
+            Some(load_model_on(
+                &path,
+                &ctx.device,
+                "delete it to retrain round 0",
+            )?)
+        };
+        let generated = doc_perplexities(
+            round0.as_ref().unwrap_or(&model),
+            toks.iter().map(Vec::as_slice),
+            eot,
+        )?;
+        let rec = TailsRecord {
+            heldout_docs: heldout.len(),
+            heldout_doc_ppl: quantiles(&heldout),
+            generated_docs: generated.len(),
+            generated_round0_ppl: quantiles(&generated),
+            wall_s: started.elapsed().as_secs_f64(),
+        };
+        write_json(&tails_path, &rec)?;
+        rec
+    };
+    drop(shared);
+
+    // Phase 6: the round's metrics.
     let rp = &manifest.plan;
-    let row = MetricsRow {
+    let stats = gen.text;
+    let q = |v: Option<[f64; 5]>, i: usize| v.map(|a| a[i]);
+    let mut row = MetricsRow {
         setting: setting.name.clone(),
         setting_number: setting.number,
         repetition: rep,
@@ -615,15 +821,39 @@ fn run_round(
         heldout_perplexity: eval.heldout.perplexity,
         heldout_tokens: eval.heldout.tokens,
         second_perplexity: eval.second.map(|e| e.perplexity),
-        generated_docs: generated.len(),
+        generated_docs: 0,
         stats_docs: stats.documents,
-        gen_mean_words: stats.mean_words,
-        gen_distinct_1: stats.distinct_1,
-        gen_distinct_2: stats.distinct_2,
-        gen_unigram_entropy: stats.unigram_entropy,
-        gen_empty: gen.empty,
-        gen_truncated: gen.truncated,
-        gen_replacement_char: gen.replacement_char,
+        gen_mean_words: 0.0,
+        gen_distinct_1: 0.0,
+        gen_distinct_2: 0.0,
+        gen_unigram_entropy: 0.0,
+        gen_empty: 0,
+        gen_truncated: 0,
+        gen_replacement_char: 0,
+        stats_words: 0,
+        gen_distinct_1_words: None,
+        gen_distinct_2_words: None,
+        gen_mtld: None,
+        gen_max_new_tokens: ctx.max_new_tokens,
+        gen_truncation: Some(enum_name(&cfg.generation.truncated)),
+        gen_carry: Some(enum_name(&cfg.generation.carry)),
+        gen_drawn: 0,
+        train_passes: Some(
+            (train_rec.steps as usize * cfg.training.batch_size * cfg.model.block_size) as f64
+                / train_rec.train_tokens.max(1) as f64,
+        ),
+        heldout_best_step: train_rec.heldout_best().map(|b| b.0),
+        heldout_best_nll: train_rec.heldout_best().map(|b| b.1),
+        heldout_doc_ppl_q05: q(tails.heldout_doc_ppl, 0),
+        heldout_doc_ppl_q25: q(tails.heldout_doc_ppl, 1),
+        heldout_doc_ppl_q50: q(tails.heldout_doc_ppl, 2),
+        heldout_doc_ppl_q75: q(tails.heldout_doc_ppl, 3),
+        heldout_doc_ppl_q95: q(tails.heldout_doc_ppl, 4),
+        gen_round0_ppl_q05: q(tails.generated_round0_ppl, 0),
+        gen_round0_ppl_q25: q(tails.generated_round0_ppl, 1),
+        gen_round0_ppl_q50: q(tails.generated_round0_ppl, 2),
+        gen_round0_ppl_q75: q(tails.generated_round0_ppl, 3),
+        gen_round0_ppl_q95: q(tails.generated_round0_ppl, 4),
         wall_compose_s: wall_compose,
         wall_train_s: train_rec.wall_s,
         wall_eval_s: eval.wall_s,
@@ -645,7 +875,16 @@ fn run_round(
             _ => None,
         },
     };
+    set_generation_stats(&mut row, &gen);
     write_json(&rd.join("metrics.json"), &row)
+}
+
+/// A config enum's name as the config writes it ("open", "tokens").
+fn enum_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Round `t` (t >= 1) of a curated chain: draw the planned candidates, score them as the filter needs,
@@ -692,7 +931,8 @@ fn curated_compose(
     let synthetic: Vec<(&Document, &[u32])> = if cand.synthetic == 0 {
         Vec::new()
     } else {
-        let (docs, toks) = samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
+        let RoundSamples { docs, tokens } =
+            samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
         if docs.len() < cand.synthetic {
             bail!(
                 "round {t} needs {} synthetic candidates, round {} wrote {}",
@@ -703,7 +943,7 @@ fn curated_compose(
         }
         docs[..cand.synthetic]
             .iter()
-            .map(|d| (d, toks[&d.id].as_slice()))
+            .map(|d| (d, tokens[&d.id].0.as_slice()))
             .collect()
     };
     if cand.synthetic > 0 {
@@ -785,13 +1025,13 @@ fn verifier(
             ids.len()
         ));
         let seed = ctx.cfg.experiment.seed;
-        let mut tc = ctx.cfg.train();
-        tc.steps = steps.unwrap_or(tc.steps);
         let job = TrainJob {
             init_seed: derive_seed(seed, &[&"verifier-init", &filter.name(), &rep]),
             batch_seed: derive_seed(seed, &[&"verifier-batches", &filter.name(), &rep]),
             gcfg,
-            tc,
+            tc: ctx.cfg.train(),
+            steps: steps.map_or(ctx.cfg.training.steps.clone(), Steps::Count),
+            heldout: &ctx.heldout[rep],
             init_from: None,
         };
         train_phase(ctx, &vd, progress, &stream, &job)?.0
@@ -810,9 +1050,13 @@ fn verifier(
 }
 
 /// What one training phase trains: the model's shape, the training settings, and its seeds.
-struct TrainJob {
+struct TrainJob<'a> {
     gcfg: GptConfig,
     tc: TrainConfig,
+    /// How many steps, given the stream's tokens.
+    steps: Steps,
+    /// The held-out stream of the repetition, for the curve during training.
+    heldout: &'a [u32],
     init_seed: u64,
     batch_seed: u64,
     /// Weights to start from instead of a random initialisation (`model.init_from`).
@@ -820,12 +1064,14 @@ struct TrainJob {
 }
 
 /// Round `t`'s training job: the run's model and settings, seeds keyed by (repetition, round).
-fn round_job(ctx: &Ctx, rep: usize, t: usize) -> TrainJob {
+fn round_job(ctx: &Ctx, rep: usize, t: usize) -> TrainJob<'_> {
     let cfg = &ctx.cfg;
     let seed = cfg.experiment.seed;
     TrainJob {
         gcfg: cfg.gpt(ctx.tok.vocab_size()),
         tc: cfg.train(),
+        steps: cfg.training.steps.clone(),
+        heldout: &ctx.heldout[rep],
         init_seed: derive_seed(seed, &[&"init", &rep, &t]),
         batch_seed: derive_seed(seed, &[&"batches", &rep, &t]),
         init_from: cfg.model.init_from.clone(),
@@ -861,7 +1107,8 @@ fn initial_model(cfg: &Config, device: &Device, vocab_size: usize, path: &str) -
     Ok(m)
 }
 
-/// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>`.
+/// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>` (but
+/// a generated document cut at the cap under `truncated = "open"`).
 fn round_stream(
     ctx: &Ctx,
     root: &Path,
@@ -884,7 +1131,7 @@ fn round_stream(
             Origin::Real { .. } => ctx
                 .by_id
                 .get(&d.id)
-                .map(|&i| ctx.doc_tokens[i].as_slice())
+                .map(|&i| (ctx.doc_tokens[i].as_slice(), true))
                 .with_context(|| {
                     format!(
                         "{}: document {} is not in the corpus",
@@ -893,9 +1140,9 @@ fn round_stream(
                     )
                 }),
             Origin::Synthetic { round, .. } => samples.rounds[round]
-                .1
+                .tokens
                 .get(&d.id)
-                .map(Vec::as_slice)
+                .map(|(t, ends)| (t.as_slice(), *ends))
                 .with_context(|| {
                     format!(
                         "synthetic document {} is missing from round {round}'s samples",
@@ -903,8 +1150,8 @@ fn round_stream(
                     )
                 }),
         })
-        .collect::<Result<Vec<&[u32]>>>()?;
-    Ok(token_stream(docs, ctx.tok.eot()))
+        .collect::<Result<Vec<(&[u32], bool)>>>()?;
+    Ok(token_stream_with_ends(docs, ctx.tok.eot()))
 }
 
 fn train_phase(
@@ -915,54 +1162,76 @@ fn train_phase(
     job: &TrainJob,
 ) -> Result<(Gpt, TrainRecord)> {
     let cfg = &ctx.cfg;
-    let tc = job.tc.clone();
+    let mut tc = job.tc.clone();
     let gcfg = job.gcfg.clone();
+    // Planned from D_t's tokens before the first step, so a resumed round plans the same number.
+    tc.steps = job
+        .steps
+        .for_tokens(stream.len(), tc.batch_size, gcfg.block_size);
     let batch_seed = job.batch_seed;
-    let (mut trainer, mut losses, wall_before) = if let Some((ck, _)) = latest_checkpoint(rd) {
-        let bad = || format!("delete {} to redo this round's training", ck.display());
-        let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
-        let model = load_model_on(&ck.join("model.safetensors"), &ctx.device, &bad())?;
-        if model.config() != &gcfg {
-            bail!(
-                "{} holds a model of another config: {}",
-                ck.display(),
-                bad()
-            );
-        }
-        let opt_path = ck.join("optimizer.safetensors");
-        let opt = AdamW::from_safetensors(
-            &read_verified(&opt_path, &bad())?,
-            &opt_path.display().to_string(),
-            model.params(),
-        )
-        .with_context(|| format!("{} is unreadable: {}", opt_path.display(), bad()))?;
-        if opt.steps_taken() != st.step {
-            bail!(
+    let (mut trainer, mut losses, mut heldout, wall_before) =
+        if let Some((ck, _)) = latest_checkpoint(rd) {
+            let bad = || format!("delete {} to redo this round's training", ck.display());
+            let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
+            let model = load_model_on(&ck.join("model.safetensors"), &ctx.device, &bad())?;
+            if model.config() != &gcfg {
+                bail!(
+                    "{} holds a model of another config: {}",
+                    ck.display(),
+                    bad()
+                );
+            }
+            let opt_path = ck.join("optimizer.safetensors");
+            let opt = AdamW::from_safetensors(
+                &read_verified(&opt_path, &bad())?,
+                &opt_path.display().to_string(),
+                model.params(),
+            )
+            .with_context(|| format!("{} is unreadable: {}", opt_path.display(), bad()))?;
+            if opt.steps_taken() != st.step {
+                bail!(
                 "{}: optimizer at step {}, state says {}: delete the checkpoint to redo training",
                 ck.display(),
                 opt.steps_taken(),
                 st.step
             );
-        }
-        progress.note(&format!("resuming training at step {}", st.step));
-        (
-            Trainer::resume(model, opt, tc.clone(), batch_seed)?,
-            st.losses,
-            st.wall_s,
-        )
-    } else {
-        let model = match &job.init_from {
-            Some(init) => initial_model(cfg, &ctx.device, ctx.tok.vocab_size(), init)?,
-            None => Gpt::new(&gcfg, job.init_seed, DType::F32, &ctx.device)?,
+            }
+            progress.note(&format!("resuming training at step {}", st.step));
+            (
+                Trainer::resume(model, opt, tc.clone(), batch_seed)?,
+                st.losses,
+                st.heldout,
+                st.wall_s,
+            )
+        } else {
+            let model = match &job.init_from {
+                Some(init) => initial_model(cfg, &ctx.device, ctx.tok.vocab_size(), init)?,
+                None => Gpt::new(&gcfg, job.init_seed, DType::F32, &ctx.device)?,
+            };
+            (
+                Trainer::new(model, tc.clone(), batch_seed)?,
+                Vec::new(),
+                Vec::new(),
+                0.0,
+            )
         };
-        (
-            Trainer::new(model, tc.clone(), batch_seed)?,
-            Vec::new(),
-            0.0,
-        )
-    };
     let batcher = Batcher::new(stream, gcfg.block_size, tc.batch_size, batch_seed)
         .with_context(|| format!("the corpus of {} is too small to train on", rd.display()))?;
+    // The held-out curve (nanoGPT's eval_interval): exact mean NLL over the first `eval_tokens` held-out
+    // tokens. It draws nothing random, so it leaves training bit-identical.
+    let every = cfg.training.eval_every;
+    let curve_tokens = match (every, cfg.training.eval_tokens) {
+        (0, _) => None,
+        (_, 0) => Some(job.heldout),
+        (_, n) => Some(&job.heldout[..n.min(job.heldout.len())]),
+    };
+    let eval_now = |model: &Gpt| -> Result<f64> {
+        let toks = curve_tokens.expect("asked only with a curve");
+        Ok(perplexity(model, toks, cfg.training.eval_batch_size)?.mean_nll)
+    };
+    if curve_tokens.is_some() && trainer.step() == 0 && heldout.is_empty() {
+        heldout.push((0, eval_now(&trainer.model)?));
+    }
     progress.phase("train", tc.steps);
     let started = Instant::now();
     let tokens_per_step = (tc.batch_size * gcfg.block_size) as f64;
@@ -981,11 +1250,15 @@ fn train_phase(
                 format!("loss {last_loss:.4}  {tps:.0} tok/s"),
             );
         }
+        if curve_tokens.is_some() && (step % every == 0 || step == tc.steps) {
+            heldout.push((step, eval_now(&trainer.model)?));
+        }
         if step % cfg.training.checkpoint_every == 0 && step < tc.steps {
             save_checkpoint(
                 rd,
                 &trainer,
                 &losses,
+                &heldout,
                 wall_before + started.elapsed().as_secs_f64(),
             )?;
         }
@@ -995,6 +1268,8 @@ fn train_phase(
         train_tokens: stream.len(),
         final_loss: last_loss,
         losses,
+        heldout,
+        stream_sha256: Some(stream_sha256(stream)),
         wall_s: wall_before + started.elapsed().as_secs_f64(),
     };
     write_json(&rd.join("train.json"), &rec)?;
@@ -1016,7 +1291,13 @@ fn train_phase(
 /// Writes model, optimizer and training state into a new directory and renames it into place: a crash at
 /// any moment leaves the previous checkpoint valid. No file is ever overwritten, so each keeps the SHA-256
 /// written beside it.
-fn save_checkpoint(rd: &Path, trainer: &Trainer, losses: &[(u64, f64)], wall_s: f64) -> Result<()> {
+fn save_checkpoint(
+    rd: &Path,
+    trainer: &Trainer,
+    losses: &[(u64, f64)],
+    heldout: &[(u64, f64)],
+    wall_s: f64,
+) -> Result<()> {
     let name = format!("ckpt-{}", trainer.step());
     let partial = rd.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
@@ -1037,6 +1318,7 @@ fn save_checkpoint(rd: &Path, trainer: &Trainer, losses: &[(u64, f64)], wall_s: 
         &TrainState {
             step: trainer.step(),
             losses: losses.to_vec(),
+            heldout: heldout.to_vec(),
             wall_s,
         },
     )?;
@@ -1071,7 +1353,7 @@ fn generate_phase(
     t: usize,
 ) -> Result<()> {
     let cfg = &ctx.cfg;
-    let gc = cfg.generate(ctx.tok.eot());
+    let gc = cfg.generate(ctx.tok.eot(), ctx.max_new_tokens);
     let prompt = if cfg.generation.prompt == EOT_PROMPT {
         vec![ctx.tok.eot()]
     } else {
@@ -1090,29 +1372,52 @@ fn generate_phase(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let model_ref = model_ref.to_string_lossy();
+    let cap = ctx.max_new_tokens;
+    let redraw = cfg.generation.truncated == Truncation::Redraw;
+    // Under redraw a cut draw is recorded (for its count) and another is drawn in its place; sequence i
+    // always draws from RNG stream i, so which draws were kept does not depend on the batches.
+    let max_draws = if redraw {
+        (cfg.generation.max_draws * count as f64).ceil() as usize
+    } else {
+        count
+    };
     progress.phase("generate", count as u64);
     let started = Instant::now();
     let mut out = Vec::with_capacity(count);
-    let mut new_tokens = 0usize;
-    for start in (0..count).step_by(cfg.generation.batch_size) {
-        let n = cfg.generation.batch_size.min(count - start);
-        let seqs = gpt::generate(model, &prompt, n, &gc, seed, start as u64)?;
-        for (i, s) in seqs.iter().enumerate() {
+    let (mut new_tokens, mut kept, mut drawn) = (0usize, 0usize, 0usize);
+    while kept < count {
+        if drawn >= max_draws {
+            bail!(
+                "round {t} of repetition {rep}: only {kept} of {drawn} generated documents ended before \
+                 max_new_tokens = {cap}, and {count} are needed: raise generation.max_new_tokens or \
+                 generation.max_draws, or use truncated = \"open\""
+            );
+        }
+        let n = cfg
+            .generation
+            .batch_size
+            .min(count - kept)
+            .min(max_draws - drawn);
+        let seqs = gpt::generate(model, &prompt, n, &gc, seed, drawn as u64)?;
+        for (i, s) in seqs.into_iter().enumerate() {
             new_tokens += s.len();
-            let d = Document::synthetic(rep, t, start + i, &model_ref, ctx.tok.decode(s)?);
+            let truncated = s.len() >= cap;
+            let dropped = redraw && truncated;
+            kept += usize::from(!dropped);
+            let d = Document::synthetic(rep, t, drawn + i, &model_ref, ctx.tok.decode(&s)?);
             out.push(Sample {
                 id: d.id,
                 origin: d.origin,
                 text: d.text,
                 new_tokens: s.len(),
+                tokens: Some(s),
+                truncated: Some(truncated),
+                dropped,
             });
         }
+        drawn += n;
         let tps = new_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.update(
-            out.len() as u64,
-            count as u64,
-            format!("{tps:.0} new tokens/s"),
-        );
+        progress.update(kept as u64, count as u64, format!("{tps:.0} new tokens/s"));
     }
     let mut body = Vec::new();
     {
@@ -1122,7 +1427,12 @@ fn generate_phase(
         writeln!(
             enc,
             "{}",
-            serde_json::json!({ "meta": { "wall_s": started.elapsed().as_secs_f64(), "new_tokens": new_tokens } })
+            serde_json::json!({ "meta": {
+                "wall_s": started.elapsed().as_secs_f64(),
+                "new_tokens": new_tokens,
+                "max_new_tokens": cap,
+                "drawn": drawn,
+            } })
         )?;
         for s in &out {
             writeln!(enc, "{}", serde_json::to_string(s)?)?;
@@ -1160,20 +1470,7 @@ pub fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Sample>)> {
     Ok((wall, docs))
 }
 
-/// The synthetic documents of a round, in the order they were generated.
-pub fn read_samples(path: &Path) -> Result<Vec<Document>> {
-    Ok(read_samples_file(path)?
-        .1
-        .into_iter()
-        .map(|s| Document {
-            id: s.id,
-            text: s.text,
-            origin: s.origin,
-        })
-        .collect())
-}
-
-/// What a round's generated documents look like.
+/// What a chain's share of a round's generated documents looks like.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerationStats {
     /// Of the first `stats_docs` documents only. Distinct-n falls and plug-in entropy rises with the number
@@ -1183,19 +1480,52 @@ pub struct GenerationStats {
     /// `stats_docs` are a uniformly random subset of fixed size, and the same documents however many more
     /// the round generated.
     pub text: TextStats,
-    pub empty: usize,
+    /// Distinct-n over the first `stats_words` words of the chain's documents and MTLD over the words of
+    /// the first `stats_docs`: statistics that do not rise when documents shrink.
+    pub robust: LengthRobustStats,
+    /// The chain's documents (kept ones, under redraw).
+    pub generated: usize,
+    /// Draws behind them (more than `generated` under redraw) and how many of those were cut at the cap.
+    pub drawn: usize,
     pub truncated: usize,
+    pub empty: usize,
     pub replacement_char: usize,
 }
 
 impl GenerationStats {
-    pub fn of(samples: &[Sample], stats_docs: usize, max_new_tokens: usize) -> Self {
-        let text = TextStats::of(samples.iter().take(stats_docs).map(|s| s.text.as_str()));
-        let count = |f: &dyn Fn(&Sample) -> bool| samples.iter().filter(|s| f(s)).count();
+    /// The chain's first `own` kept documents of a round's `samples` (in generation order, cut draws of a
+    /// redraw among them), under the cap `cap`.
+    pub fn of(
+        samples: &[Sample],
+        own: usize,
+        stats_docs: usize,
+        stats_words: usize,
+        cap: usize,
+    ) -> Self {
+        // The draws this chain's documents took: up to and including its own-th kept one.
+        let mut used = 0;
+        let mut kept = Vec::with_capacity(own);
+        for s in samples {
+            if kept.len() == own {
+                break;
+            }
+            used += 1;
+            if !s.dropped {
+                kept.push(s);
+            }
+        }
+        let draws = &samples[..used];
+        let texts = || kept.iter().map(|s| s.text.as_str());
+        let count = |f: &dyn Fn(&Sample) -> bool| kept.iter().filter(|s| f(s)).count();
+        let mut robust = LengthRobustStats::of(texts(), stats_words);
+        robust.mtld = LengthRobustStats::of(texts().take(stats_docs), stats_words).mtld;
         Self {
-            text,
+            text: TextStats::of(texts().take(stats_docs)),
+            robust,
+            generated: kept.len(),
+            drawn: draws.len(),
+            truncated: draws.iter().filter(|s| s.is_truncated(cap)).count(),
             empty: count(&|s| s.new_tokens == 0),
-            truncated: count(&|s| s.new_tokens >= max_new_tokens),
             replacement_char: count(&|s| s.text.contains('\u{FFFD}')),
         }
     }
@@ -1213,15 +1543,25 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     let n0 = plan.rounds[0].new_docs;
     let path =
         phase_dir(root, &row.setting, n0, row.repetition, row.round).join("samples.jsonl.zst");
-    let (_, mut samples) = read_samples_file(&path)?;
+    let (_, samples) = read_samples_file(&path)?;
     // Candidate counts depend on the schedule alone, not on the pool.
     let candidates = match spec.curation {
         Some(_) => Some(curation::candidate_counts(cfg, &spec, &plan)?),
         None => None,
     };
-    samples.truncate(to_generate_after(&plan, candidates.as_deref(), row.round).max(want));
-    let g = GenerationStats::of(&samples, want, cfg.generation.max_new_tokens);
-    row.generated_docs = samples.len();
+    let own = to_generate_after(&plan, candidates.as_deref(), row.round).max(want);
+    // Rows old enough to need this predate "auto": their config names the cap.
+    let cap = match cfg.generation.max_new_tokens {
+        crate::config::MaxNewTokens::Tokens(n) => n,
+        crate::config::MaxNewTokens::Auto => row.gen_max_new_tokens,
+    };
+    let g = GenerationStats::of(&samples, own, want, cfg.generation.stats_words, cap);
+    set_generation_stats(row, &g);
+    Ok(())
+}
+
+fn set_generation_stats(row: &mut MetricsRow, g: &GenerationStats) {
+    row.generated_docs = g.generated;
     row.stats_docs = g.text.documents;
     row.gen_mean_words = g.text.mean_words;
     row.gen_distinct_1 = g.text.distinct_1;
@@ -1230,7 +1570,50 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
     row.gen_empty = g.empty;
     row.gen_truncated = g.truncated;
     row.gen_replacement_char = g.replacement_char;
-    Ok(())
+    row.stats_words = g.robust.words;
+    row.gen_distinct_1_words = g.robust.distinct_1;
+    row.gen_distinct_2_words = g.robust.distinct_2;
+    row.gen_mtld = g.robust.mtld;
+    row.gen_drawn = g.drawn;
+}
+
+/// Quantiles 5, 25, 50, 75 and 95% (linear interpolation between order statistics, R's type 7).
+fn quantiles(xs: &[f64]) -> Option<[f64; 5]> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let h = q * (v.len() - 1) as f64;
+        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+        v[lo] + (h - lo as f64) * (v[hi] - v[lo])
+    };
+    Some([0.05, 0.25, 0.5, 0.75, 0.95].map(at))
+}
+
+/// The tails of a round: per-document perplexity quantiles of the held-out plots under the round's model,
+/// and of its generated plots under the repetition's round-0 model (the picture model-collapse papers show:
+/// what a later model writes grows improbable under the first one, and real plots improbable under later
+/// ones). Written to `tails.json` so `report` needs no model.
+#[derive(Debug, Serialize, Deserialize)]
+struct TailsRecord {
+    heldout_docs: usize,
+    heldout_doc_ppl: Option<[f64; 5]>,
+    generated_docs: usize,
+    generated_round0_ppl: Option<[f64; 5]>,
+    wall_s: f64,
+}
+
+/// Per-document perplexity of each document under `model`, scored as in training (see
+/// [`score_document`]).
+fn doc_perplexities<'a>(
+    model: &Gpt,
+    docs: impl Iterator<Item = &'a [u32]>,
+    eot: u32,
+) -> Result<Vec<f64>> {
+    docs.map(|d| Ok(score_document(model, d, eot, false)?.mean_nll.exp()))
+        .collect()
 }
 
 /// Every finished round's metrics, sorted by (setting, repetition, round).
@@ -1335,4 +1718,162 @@ pub fn default_out(config: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "run".into());
     PathBuf::from("runs").join(stem)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// The experiment's TOML config.
+    pub config: PathBuf,
+    /// Steps to train round 0 for (default: 4 x the steps the config gives round 0).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Held-out loss every this many steps (default: steps / 50).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// The repetition whose split and seeds to use (default: the config's `repetitions`, the first one the
+    /// experiment does not run).
+    #[arg(long)]
+    pub rep: Option<usize>,
+    /// Where to keep the calibration (default: runs/<config name>-calibrate).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, env = "COLLAPSE_DATA")]
+    pub data: Option<String>,
+    #[arg(long, env = "COLLAPSE_TOKENIZER")]
+    pub tokenizer: Option<String>,
+    /// cpu, cuda or cuda:N (overrides the config's).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// What `calibrate` found, written to `calibration.json`.
+#[derive(Debug, Serialize)]
+struct Calibration {
+    repetition: usize,
+    documents: usize,
+    train_tokens: usize,
+    tokens_per_step: usize,
+    steps: u64,
+    /// What the config gives round 0.
+    config_steps: u64,
+    config_heldout_nll: Option<f64>,
+    best_step: u64,
+    best_heldout_nll: f64,
+    /// Passes over round 0's tokens at the best step: the value for `steps = { passes = ... }`.
+    best_passes: f64,
+    heldout: Vec<(u64, f64)>,
+    losses: Vec<(u64, f64)>,
+}
+
+/// Trains round 0 of one repetition with the held-out curve and says where it is lowest. With a constant
+/// learning rate a longer run passes through exactly the states of a shorter one (every batch is keyed by
+/// its step), so the curve gives round 0's held-out loss at any step count up to `steps`.
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let mut cfg = Config::load(&a.config)?;
+    if let Some(d) = a.data {
+        cfg.data.source = d;
+    }
+    if let Some(t) = a.tokenizer {
+        cfg.data.tokenizer = t;
+    }
+    if let Some(d) = a.device {
+        cfg.experiment.device = d;
+    }
+    let rep = a.rep.unwrap_or(cfg.experiment.repetitions);
+    cfg.experiment.repetitions = rep + 1;
+    if a.eval_every == Some(0) {
+        bail!("--eval-every must be at least 1");
+    }
+    // The curve is what this is for; its interval is fixed below once the steps are known.
+    cfg.training.eval_every = a.eval_every.unwrap_or(1);
+    let out = a.out.unwrap_or_else(|| {
+        let mut p = default_out(&a.config).into_os_string();
+        p.push("-calibrate");
+        PathBuf::from(p)
+    });
+    let device = crate::device::parse_device(&cfg.experiment.device)?;
+    let dir = RunDir::open(&out, &cfg)?;
+    let mut ctx = prepare(cfg, &dir, device)?;
+    let setting = ctx.cfg.settings()?.remove(0);
+    let rp = ctx.plans[&setting.name].rounds[0].clone();
+    let ids = &ctx.splits[rep].pool[rp.pool_offset..rp.pool_offset + rp.fresh];
+    let stream = token_stream(
+        ids.iter().map(|&i| ctx.doc_tokens[i].as_slice()),
+        ctx.tok.eot(),
+    );
+    let (batch, block) = (ctx.cfg.training.batch_size, ctx.cfg.model.block_size);
+    let config_steps = ctx
+        .cfg
+        .training
+        .steps
+        .for_tokens(stream.len(), batch, block);
+    let steps = a.steps.unwrap_or(4 * config_steps);
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    ctx.cfg.training.eval_every = a.eval_every.unwrap_or((steps / 50).max(1));
+    let cd = out.join("calibration").join(format!("rep-{rep}"));
+    std::fs::create_dir_all(&cd).with_context(|| format!("cannot create {}", cd.display()))?;
+    let mut progress = Progress::new(1, 0);
+    progress.start_round(format!("calibration of round 0, repetition {rep}"));
+    let mut job = round_job(&ctx, rep, 0);
+    job.steps = Steps::Count(steps);
+    let rec = if cd.join("train.json").exists() {
+        read_json::<TrainRecord>(&cd.join("train.json"))?
+    } else {
+        train_phase(&ctx, &cd, &progress, &stream, &job)?.1
+    };
+    progress.finish_round();
+    progress.finish();
+    let (best_step, best) = rec
+        .heldout_best()
+        .context("the calibration recorded no held-out curve")?;
+    let cal = Calibration {
+        repetition: rep,
+        documents: ids.len(),
+        train_tokens: stream.len(),
+        tokens_per_step: batch * block,
+        steps: rec.steps,
+        config_steps,
+        config_heldout_nll: rec
+            .heldout
+            .iter()
+            .find(|(s, _)| *s == config_steps)
+            .map(|x| x.1),
+        best_step,
+        best_heldout_nll: best,
+        best_passes: (best_step as usize * batch * block) as f64 / stream.len() as f64,
+        heldout: rec.heldout.clone(),
+        losses: rec.losses.clone(),
+    };
+    write_atomic(
+        &out.join("calibration.json"),
+        serde_json::to_string_pretty(&cal)?.as_bytes(),
+    )?;
+    crate::report::curve_plot(
+        &out.join("calibration"),
+        &format!(
+            "Round 0 of repetition {rep}: {} documents, {} tokens",
+            cal.documents, cal.train_tokens
+        ),
+        "training step",
+        "mean NLL per token (nats)",
+        &[
+            ("held-out".to_string(), rec.heldout.clone()),
+            ("training (batch)".to_string(), rec.losses.clone()),
+        ],
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "best_step": cal.best_step,
+            "best_heldout_nll": cal.best_heldout_nll,
+            "best_passes": cal.best_passes,
+            "config_steps": cal.config_steps,
+            "config_heldout_nll": cal.config_heldout_nll,
+            "train_tokens": cal.train_tokens,
+            "file": out.join("calibration.json"),
+        })
+    );
+    Ok(())
 }

@@ -2,32 +2,27 @@
 //! line and leaves the run directory resumable, and `report` / `status` work on partial runs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{command, error_line, metrics, stderr};
+use common::{error_line, metrics, stderr, SampleDir as Fixture};
 
-struct Fixture {
-    dir: tempfile::TempDir,
+/// The tiny config every test here starts from, over the committed sample.
+trait Tiny {
+    fn tiny() -> Self;
+    fn write_config(&self, name: &str, steps: u64);
+    /// Runs config.toml to the end in `out` and returns its metrics.
+    fn finished_run(&self, out: &str) -> Vec<Value>;
 }
 
-impl Fixture {
-    /// The real sample of data/sample (300 plots) and a tiny config over it.
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sample =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movie_plots_sample.csv.zst");
-        std::fs::copy(sample, dir.path().join("plots.csv.zst")).unwrap();
-        let f = Self { dir };
+impl Tiny for Fixture {
+    fn tiny() -> Self {
+        let f = Fixture::new();
         f.write_config("config.toml", 120);
         f
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
     }
 
     fn write_config(&self, name: &str, steps: u64) {
@@ -70,15 +65,6 @@ seed = 7
         std::fs::write(self.path(name), cfg).unwrap();
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        command(self.dir.path(), args)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Runs config.toml to the end in `out` and returns its metrics.
     fn finished_run(&self, out: &str) -> Vec<Value> {
         let o = self.run(&["run", "config.toml", "--out", out]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -111,7 +97,7 @@ fn progress(root: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 
 #[test]
 fn killed_and_resumed_runs_give_bit_identical_metrics() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     // Long enough (a few seconds) that kills land inside training, evaluation and generation.
     f.write_config("long.toml", 600);
     let started = std::time::Instant::now();
@@ -189,7 +175,7 @@ fn killed_and_resumed_runs_give_bit_identical_metrics() {
 
 #[test]
 fn report_and_status_work_on_a_partial_run() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let o = f.run(&[
         "run",
         "config.toml",
@@ -223,7 +209,16 @@ fn report_and_status_work_on_a_partial_run() {
         "{md}"
     );
     assert!(
-        md.contains("paired change") && md.contains("verdict"),
+        md.contains("change of mean NLL against each repetition's round 0")
+            && md.contains("verdict"),
+        "{md}"
+    );
+    // The chains that have not finished are flagged, with the repetitions each round has.
+    assert!(md.contains("### Incomplete chains"), "{md}");
+    assert!(
+        md.contains(
+            "| synthetic-only: 0 of 1 repetitions finished; repetitions by round: 0, 0, 0 |"
+        ),
         "{md}"
     );
     for plot in ["change.png", "text-stats.png", "paired.csv"] {
@@ -266,7 +261,7 @@ fn report_and_status_work_on_a_partial_run() {
 
 #[test]
 fn bad_configs_and_sources_get_one_clear_line() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let e = error_line(&f.run(&["run", "missing.toml"]));
     assert!(e.contains("cannot read config missing.toml"), "{e}");
 
@@ -324,7 +319,7 @@ fn bad_configs_and_sources_get_one_clear_line() {
 
 #[test]
 fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let reference = f.finished_run("r");
 
     f.write_config("changed.toml", 121);
@@ -424,7 +419,7 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
 #[test]
 fn a_full_disk_during_a_checkpoint_loses_nothing() {
     use std::os::unix::process::CommandExt;
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let reference = f.finished_run("ref");
     std::fs::create_dir(f.path("full")).unwrap();
     for p in [
@@ -473,7 +468,7 @@ fn a_full_disk_during_a_checkpoint_loses_nothing() {
 /// `report`. Every row counts empty, cut and U+FFFD documents.
 #[test]
 fn text_statistics_use_the_same_number_of_documents_everywhere() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     assert!(f
         .run(&["run", "config.toml", "--out", "r"])
         .status
@@ -534,7 +529,7 @@ fn text_statistics_use_the_same_number_of_documents_everywhere() {
 /// numbers as the original checkpoint. Every file of a run directory has the same permissions.
 #[test]
 fn export_and_import_in_the_hugging_face_layout() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let o = f.run(&[
         "run",
         "config.toml",
@@ -627,7 +622,7 @@ fn export_and_import_in_the_hugging_face_layout() {
 /// A schedule of the config's own runs beside the presets, under its name, with the counts it planned.
 #[test]
 fn a_custom_schedule_runs_and_reports_under_its_name() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let cfg = std::fs::read_to_string(f.path("config.toml")).unwrap();
     // With a second evaluation set (the committed 2020s sample), which the report treats like the first.
     let second =
@@ -656,7 +651,8 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     assert_eq!(rows.len(), 3);
     for (t, r) in rows.iter().enumerate() {
         assert_eq!(r["setting"], "n-fresh-plus-n-synthetic");
-        assert_eq!(r["setting_number"], 4);
+        // After the presets 0-4 (the paper's four and fresh-only).
+        assert_eq!(r["setting_number"], 5);
         let want = if t == 0 { (24, 0) } else { (12, 12) };
         assert_eq!(
             (
@@ -673,7 +669,7 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     let md = std::fs::read_to_string(f.path("c/report/summary.md")).unwrap();
     assert!(md.contains("| n-fresh-plus-n-synthetic | 1 |"), "{md}");
     assert!(
-        md.contains("### Second evaluation set: paired change"),
+        md.contains("### Second evaluation set: change of mean NLL"),
         "{md}"
     );
     assert!(f.path("c/report/second-change.png").exists());
@@ -684,11 +680,12 @@ fn a_custom_schedule_runs_and_reports_under_its_name() {
     assert!(e.contains("setting \"nope\" is not in this config"), "{e}");
 }
 
-/// `theory` runs the paper's Figure 2 grid from its config: 30 schedules x 20 rounds, the exact recurrence
-/// inside the simulated band's neighbourhood, and the plot and page.
+/// `theory` runs the paper's Figure 2 grid from its config: 55 schedules x 20 rounds (four size schedules,
+/// accumulation read both ways), the exact recurrence inside the simulated band's neighbourhood, exact ratios
+/// in the summary, and the plot and page.
 #[test]
 fn theory_runs_the_figure_2_grid() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/theory-figure2.toml");
     let o = f.run(&["theory", cfg.to_str().unwrap(), "--out", "th"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -697,7 +694,7 @@ fn theory_runs_the_figure_2_grid() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 30 * 20);
+    assert_eq!(rows.len(), 55 * 20);
     for r in &rows {
         let (exact, mean, se) = (
             r["exact_risk"].as_f64().unwrap(),
@@ -705,6 +702,32 @@ fn theory_runs_the_figure_2_grid() {
             r["sim_se"].as_f64().unwrap(),
         );
         assert!((mean - exact).abs() < 5.0 * se + 1e-12, "{r}");
+    }
+    let exact = |name: &str, t: u64| {
+        rows.iter()
+            .find(|r| r["setting"] == name && r["round"] == t)
+            .unwrap()["exact_risk"]
+            .as_f64()
+            .unwrap()
+    };
+    // Growing to |D_t| = (t + 1) n adds n a round: the recurrence of fixed n accumulating.
+    for t in 0..20 {
+        assert_eq!(
+            exact("inverse-linear-acc-total", t),
+            exact("inverse-fixed-acc", t)
+        );
+    }
+    // Identical recurrences read identical exact ratios in the summary (x1.589), not two simulated ones.
+    let md = std::fs::read_to_string(f.path("th/summary.md")).unwrap();
+    for name in ["zero-quadratic", "zero-fixed-acc"] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap();
+        assert!(
+            line.contains("| 8.1935e-3 |") && line.contains("| 1.589 |"),
+            "{line}"
+        );
     }
     for file in [
         "risk.png",
@@ -724,7 +747,7 @@ fn theory_runs_the_figure_2_grid() {
 /// process and resumed by another, and `run --jobs 2` all give a single process's metrics, bit for bit.
 #[test]
 fn processes_share_a_run_directory_by_chain() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let reference = f.finished_run("ref");
     // Round 0 was trained once for the repetition, not once per setting.
     assert!(f.path("ref/round-0/n-12/rep-0/model.safetensors").exists());
@@ -776,7 +799,7 @@ fn processes_share_a_run_directory_by_chain() {
 /// `slurm` writes a job array with one task per chain, each a resumable `run --only` of the frozen config.
 #[test]
 fn slurm_writes_a_job_array_of_chains() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let o = f.run(&[
         "slurm",
         "config.toml",
@@ -834,7 +857,7 @@ fn flip_a_bit(path: &Path) -> Vec<u8> {
 /// the file restored the run finishes with the same metrics. A corrupt token cache is rebuilt.
 #[test]
 fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let reference = f.finished_run("r");
     let rd = f.path("r/accumulate/rep-0/round-1");
     for (file, remedy) in [
@@ -925,7 +948,7 @@ fn a_flipped_bit_in_any_file_a_run_reads_back_is_caught() {
 
 #[test]
 fn gpu_check_runs_its_checks_on_the_cpu() {
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     let o = f.run(&["gpu-check", "--device", "cpu", "--steps", "20"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -946,7 +969,7 @@ fn the_report_page_renders_in_headless_chromium() {
         );
         return;
     };
-    let f = Fixture::new();
+    let f = Fixture::tiny();
     assert!(f
         .run(&[
             "run",

@@ -3,14 +3,14 @@
 //! the scores in the manifest are the models' own NLL and entropy, a killed curated run resumes bit for bit,
 //! and impossible filters are refused before any training.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 mod common;
-use common::{command, error_line, metrics, stderr};
+use common::{error_line, metrics, stderr, SampleDir as Fixture};
 
 const BASE: &str = r#"[model]
 n_layer = 1
@@ -86,37 +86,12 @@ name = "diversity"
 kind = "diversity"
 ngram = 2
 fraction = 0.5
+
+[[curation.filters]]
+name = "longest"
+kind = "longest"
+fraction = 0.5
 "#;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sample =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movie_plots_sample.csv.zst");
-        std::fs::copy(sample, dir.path().join("plots.csv.zst")).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        command(self.dir.path(), args)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.path(name), text).unwrap();
-    }
-}
 
 fn setting_is(row: &Value, base: &str) -> bool {
     row["setting"]
@@ -240,7 +215,7 @@ fn curated_runs_meet_the_schedule_score_honestly_and_resume_exactly() {
     let o = f.run(&["run", "cur.toml", "--out", "a", "--jobs", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rows = metrics(&f.path("a"));
-    assert_eq!(rows.len(), 2 * 6 * 3);
+    assert_eq!(rows.len(), 2 * 7 * 3);
 
     for r in &rows {
         let (t, n) = (
@@ -300,6 +275,22 @@ fn curated_runs_meet_the_schedule_score_honestly_and_resume_exactly() {
             .iter()
             .filter(|d| d.starts_with("syn:"))
             .all(|d| kept.contains(d)));
+        if c["kind"] == "longest" {
+            // The length control keeps the longest candidates: no kept one is shorter than one left out.
+            let len = |kept: bool| {
+                decisions
+                    .iter()
+                    .filter(|d| d["kept"].as_bool().unwrap() == kept)
+                    .map(|d| d["score"].as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            };
+            let shortest_kept = len(true).into_iter().fold(f64::INFINITY, f64::min);
+            let longest_left = len(false).into_iter().fold(0.0, f64::max);
+            assert!(
+                shortest_kept >= longest_left,
+                "{setting} {t}: {decisions:?}"
+            );
+        }
         let syn_candidates = decisions.iter().filter(|d| d["real"] == false).count();
         assert_eq!(
             syn_candidates as u64,
@@ -368,7 +359,7 @@ fn curated_runs_meet_the_schedule_score_honestly_and_resume_exactly() {
     assert!(f.path("a/report/change-synthetic-only.png").exists());
     assert!(f.path("a/report/change-fixed-alpha.png").exists());
     let csv = std::fs::read_to_string(f.path("a/curation.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 2 * 6 * 2);
+    assert_eq!(csv.lines().count(), 1 + 2 * 7 * 2);
 }
 
 /// A filter that needs unbounded or too many candidates, or is malformed, is refused with one line before

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -22,6 +22,38 @@ pub fn command(dir: &Path, args: &[&str]) -> Command {
         .env("HF_HUB_OFFLINE", "1")
         .stdin(Stdio::null());
     c
+}
+
+/// A temporary directory holding the committed real sample (300 plots) as `plots.csv.zst`, in which the
+/// binary runs.
+pub struct SampleDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl SampleDir {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sample =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/movie_plots_sample.csv.zst");
+        std::fs::copy(sample, dir.path().join("plots.csv.zst")).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        command(self.dir.path(), args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).unwrap();
+    }
 }
 
 pub fn stderr(o: &Output) -> String {

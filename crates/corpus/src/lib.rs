@@ -28,7 +28,9 @@ pub use round::{compose, compose_selected, Manifest, ManifestEntry};
 pub use schedule::{Alpha, Plan, RoundPlan, Schedule, Setting, Size};
 pub use source::{load_source, Source, DEFAULT_SOURCE};
 pub use split::{bpe_training_docs, Split};
-pub use tokenizer::{token_stream, TokenCache, Tokenizer, TokenizerSpec, END_OF_TEXT};
+pub use tokenizer::{
+    token_stream, token_stream_with_ends, TokenCache, Tokenizer, TokenizerSpec, END_OF_TEXT,
+};
 
 /// Errors of the corpus crate; each message says what is wrong and, where it can, what to do.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,8 @@ pub enum Size {
     Linear { n: usize },
     /// (t + 1)^2 n.
     Quadratic { n: usize },
+    /// n base^t, rounded to whole documents.
+    Exponential { n: usize, base: f64 },
     /// One size per round.
     List { sizes: Vec<usize> },
 }
@@ -36,12 +38,18 @@ pub enum Alpha {
 }
 
 /// The general schedule: sizes, fresh fractions, and whether D_t keeps D_{t-1}.
+///
+/// Accumulation has two readings of n_t. By default each round adds n_t new documents to D_{t-1}, so
+/// |D_t| = n_0 + ... + n_t. With `size_is_total`, n_t is |D_t| itself: round t adds n_t - n_{t-1} new
+/// documents (n_t must grow every round), with the same fresh fraction alpha_t among them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     pub size: Size,
     pub alpha: Alpha,
     pub accumulate: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub size_is_total: bool,
 }
 
 /// The paper's four settings, presets of [`Schedule`].
@@ -56,10 +64,24 @@ pub enum Setting {
     FixedAlpha,
     /// 3: alpha_t = 1/(t+1), n_t = (t+1) n: n fresh real + t n synthetic.
     DecayingAlpha,
+    /// The control of setting 3 (not one of the paper's): n fresh real documents each round and nothing
+    /// synthetic. Its fresh documents are drawn from the pool in the same order and amounts as setting 3's,
+    /// so round t of both trains on the same n fresh plots and differs only by setting 3's t n synthetic ones.
+    FreshOnly,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 4] = [
+    /// Every preset, numbered by position.
+    pub const ALL: [Setting; 5] = [
+        Setting::SyntheticOnly,
+        Setting::Accumulate,
+        Setting::FixedAlpha,
+        Setting::DecayingAlpha,
+        Setting::FreshOnly,
+    ];
+
+    /// The paper's four settings (a config's default).
+    pub const PAPER: [Setting; 4] = [
         Setting::SyntheticOnly,
         Setting::Accumulate,
         Setting::FixedAlpha,
@@ -72,6 +94,7 @@ impl Setting {
             Setting::Accumulate => "accumulate",
             Setting::FixedAlpha => "fixed-alpha",
             Setting::DecayingAlpha => "decaying-alpha",
+            Setting::FreshOnly => "fresh-only",
         }
     }
 
@@ -99,21 +122,31 @@ impl Setting {
                 size: Size::Fixed { n },
                 alpha: Alpha::Zero,
                 accumulate: false,
+                size_is_total: false,
             },
             Setting::Accumulate => Schedule {
                 size: Size::Fixed { n },
                 alpha: Alpha::Zero,
                 accumulate: true,
+                size_is_total: false,
             },
             Setting::FixedAlpha => Schedule {
                 size: Size::Fixed { n },
                 alpha: Alpha::Fixed { alpha },
                 accumulate: false,
+                size_is_total: false,
             },
             Setting::DecayingAlpha => Schedule {
                 size: Size::Linear { n },
                 alpha: Alpha::Power { p: 1.0 },
                 accumulate: false,
+                size_is_total: false,
+            },
+            Setting::FreshOnly => Schedule {
+                size: Size::Fixed { n },
+                alpha: Alpha::Fixed { alpha: 1.0 },
+                accumulate: false,
+                size_is_total: false,
             },
         }
     }
@@ -163,6 +196,14 @@ impl Schedule {
             Size::Fixed { n } => *n,
             Size::Linear { n } => (t + 1) * n,
             Size::Quadratic { n } => (t + 1) * (t + 1) * n,
+            Size::Exponential { n, base } => {
+                if !(base.is_finite() && *base >= 1.0) {
+                    return Err(Error::Schedule(format!(
+                        "an exponential size needs base >= 1, got {base}"
+                    )));
+                }
+                (*n as f64 * base.powi(t as i32)).round() as usize
+            }
             Size::List { sizes } => *sizes.get(t).ok_or_else(|| {
                 Error::Schedule(format!(
                     "the size list has {} entries, round {t} needs one",
@@ -216,10 +257,18 @@ impl Schedule {
             Size::List { sizes } if sizes.is_empty() => {
                 return Err(Error::Schedule("the size list is empty".into()))
             }
-            Size::Fixed { n: 0 } | Size::Linear { n: 0 } | Size::Quadratic { n: 0 } => {
+            Size::Fixed { n: 0 }
+            | Size::Linear { n: 0 }
+            | Size::Quadratic { n: 0 }
+            | Size::Exponential { n: 0, .. } => {
                 return Err(Error::Schedule("n must be positive".into()))
             }
             _ => {}
+        }
+        if self.size_is_total && !self.accumulate {
+            return Err(Error::Schedule(
+                "size_is_total reads n_t as |D_t| of an accumulating schedule: set accumulate = true".into(),
+            ));
         }
         if let Alpha::List { values } = &self.alpha {
             if values.is_empty() {
@@ -229,7 +278,17 @@ impl Schedule {
         let mut out = Vec::with_capacity(rounds);
         let (mut offset, mut total) = (0, 0);
         for t in 0..rounds {
-            let n = self.size(t)?;
+            let n = if self.size_is_total && t > 0 {
+                let (now, before) = (self.size(t)?, self.size(t - 1)?);
+                if now <= before {
+                    return Err(Error::Schedule(format!(
+                        "with size_is_total, |D_t| = n_t must grow every round: round {t} has n_t = {now} after {before}"
+                    )));
+                }
+                now - before
+            } else {
+                self.size(t)?
+            };
             let alpha = if t == 0 { 1.0 } else { self.alpha(t)? };
             let fresh = (alpha * n as f64).round() as usize;
             let synthetic = n - fresh;
@@ -314,6 +373,99 @@ mod tests {
         assert_eq!(p.rounds[2].pool_offset, 200);
         assert_eq!(p.to_generate_after(1), 200);
         assert_eq!(p.to_generate_after(2), 0);
+    }
+
+    /// The two readings of accumulation: n_t new documents a round, or |D_t| = n_t in total.
+    #[test]
+    fn accumulation_adds_n_t_or_grows_to_n_t() {
+        let each = Schedule {
+            size: Size::Linear { n: 10 },
+            alpha: Alpha::Fixed { alpha: 0.5 },
+            accumulate: true,
+            size_is_total: false,
+        };
+        let p = each.plan(4, usize::MAX).unwrap();
+        let totals: Vec<usize> = p.rounds.iter().map(|r| r.total).collect();
+        assert_eq!(totals, [10, 30, 60, 100]);
+        let total = Schedule {
+            size_is_total: true,
+            ..each.clone()
+        };
+        let p = total.plan(4, usize::MAX).unwrap();
+        let rows: Vec<(usize, usize, usize)> = p
+            .rounds
+            .iter()
+            .map(|r| (r.new_docs, r.fresh, r.total))
+            .collect();
+        assert_eq!(rows, [(10, 10, 10), (10, 5, 20), (10, 5, 30), (10, 5, 40)]);
+        let fixed = Schedule {
+            size: Size::Fixed { n: 10 },
+            ..total.clone()
+        };
+        assert!(fixed
+            .plan(2, usize::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("must grow every round"));
+        let not_acc = Schedule {
+            accumulate: false,
+            ..total
+        };
+        assert!(not_acc
+            .plan(2, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("accumulate = true"));
+        let exp = Schedule {
+            size: Size::Exponential { n: 10, base: 2.0 },
+            alpha: Alpha::Zero,
+            accumulate: false,
+            size_is_total: false,
+        };
+        let sizes: Vec<usize> = exp
+            .plan(4, usize::MAX)
+            .unwrap()
+            .rounds
+            .iter()
+            .map(|r| r.new_docs)
+            .collect();
+        assert_eq!(sizes, [10, 20, 40, 80]);
+        let bad = Schedule {
+            size: Size::Exponential { n: 10, base: 0.5 },
+            ..exp
+        };
+        assert!(bad
+            .plan(2, usize::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("base >= 1"));
+    }
+
+    /// Fresh-only takes exactly setting 3's fresh documents: the same pool positions and counts every round.
+    #[test]
+    fn fresh_only_draws_the_fresh_documents_of_setting_3() {
+        for n in [1, 7, 24, 96, 1000] {
+            let rounds = 12;
+            let s3 = Setting::DecayingAlpha
+                .schedule(n, 0.5)
+                .plan(rounds, usize::MAX)
+                .unwrap();
+            let f = Setting::FreshOnly
+                .schedule(n, 0.5)
+                .plan(rounds, usize::MAX)
+                .unwrap();
+            for (a, b) in s3.rounds.iter().zip(&f.rounds) {
+                assert_eq!(
+                    (a.pool_offset, a.fresh),
+                    (b.pool_offset, b.fresh),
+                    "n {n}: {a:?} {b:?}"
+                );
+                assert_eq!(b.synthetic, 0);
+            }
+            assert_eq!(s3.fresh_total, f.fresh_total);
+        }
+        assert_eq!(Setting::parse("fresh-only").unwrap().number(), 4);
+        assert_eq!(Setting::parse("4").unwrap(), Setting::FreshOnly);
     }
 
     #[test]

@@ -265,10 +265,22 @@ impl Tokenizer {
 
 /// Documents' tokens joined into one stream, each document followed by `<|endoftext|>`.
 pub fn token_stream<'a>(docs: impl IntoIterator<Item = &'a [u32]>, eot: u32) -> Vec<u32> {
+    token_stream_with_ends(docs.into_iter().map(|d| (d, true)), eot)
+}
+
+/// Documents' tokens joined into one stream, each followed by `<|endoftext|>` only where its flag says the
+/// document ends there: a generated document cut before its end is not, so the stream never teaches that
+/// a plot ends where the sampler stopped.
+pub fn token_stream_with_ends<'a>(
+    docs: impl IntoIterator<Item = (&'a [u32], bool)>,
+    eot: u32,
+) -> Vec<u32> {
     let mut out = Vec::new();
-    for d in docs {
+    for (d, ends) in docs {
         out.extend_from_slice(d);
-        out.push(eot);
+        if ends {
+            out.push(eot);
+        }
     }
     out
 }

@@ -69,7 +69,12 @@ proptest! {
         seed in any::<u64>(),
     ) {
         prop_assume!(heldout < n_docs);
-        let schedule = Schedule { size, alpha, accumulate };
+        let schedule = Schedule {
+            size,
+            alpha,
+            accumulate,
+            size_is_total: false,
+        };
         let docs: Vec<Document> = (0..n_docs).map(|i| Document::real("test", i, format!("doc {i}"))).collect();
         let split = Split::new(n_docs, heldout, seed).unwrap();
         let pool_len = split.pool.len();

@@ -21,6 +21,7 @@ fn schedule(size: Size, alpha: Alpha, accumulate: bool) -> Schedule {
         size,
         alpha,
         accumulate,
+        size_is_total: false,
     }
 }
 

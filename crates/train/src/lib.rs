@@ -14,7 +14,7 @@ mod trainer;
 pub use batch::Batcher;
 pub use eval::{perplexity, score_document, DocumentScore, Evaluation};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
-pub use stats::TextStats;
+pub use stats::{mtld, LengthRobustStats, TextStats, MTLD_THRESHOLD};
 pub use trainer::{TrainConfig, Trainer};
 
 #[derive(Debug, thiserror::Error)]
