@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
-use plotters::coord::types::RangedCoordf64;
 use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
 use plotters_backend::{BackendCoord, DrawingErrorKind};
@@ -383,9 +382,10 @@ fn analyse(
         }
         if !cmp.is_empty() {
             families.push(format!(
-                "{} ({} comparisons)",
+                "{} ({} comparison{})",
                 curated_setting(&g[0]).unwrap_or("all chains"),
-                cmp.len()
+                cmp.len(),
+                if cmp.len() == 1 { "" } else { "s" }
             ));
         }
     }
@@ -644,6 +644,39 @@ impl<C, DB: DrawingBackend> Drawable<DB> for Marker<C> {
     }
 }
 
+/// A linear f64 axis labelled at chosen values (plotters' own picks land between whole rounds once the
+/// series are dodged).
+struct Ticked {
+    inner: plotters::coord::types::RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ticked {
+    fn new(range: std::ops::Range<f64>, ticks: Vec<f64>) -> Self {
+        Self {
+            inner: range.into(),
+            ticks,
+        }
+    }
+}
+
+impl Ranged for Ticked {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, _: H) -> Vec<f64> {
+        self.ticks.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
 /// Labelled values for a log axis from `lo` to `hi`: powers of 10, then 1-2-5, then every digit, whichever
 /// first gives at least four; on a range too narrow for any of them, evenly spaced round values.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
@@ -698,7 +731,14 @@ fn draw_panel<'b>(
         (0.0, 1.0)
     };
     let pad_x = (xmax - xmin) * 0.04 + if axes.dodge { 0.2 } else { 0.0 };
-    let xr = (xmin - pad_x)..(xmax + pad_x);
+    // Labels at whole rounds (not at the dodged positions), or at round values along training steps.
+    let integer_x = pts().all(|p| p.0.fract() == 0.0) && xmax - xmin <= 40.0;
+    let x_ticks = if integer_x {
+        (xmin as i64..=xmax as i64).map(|x| x as f64).collect()
+    } else {
+        linear_ticks(xmin, xmax, 8)
+    };
+    let xr = Ticked::new((xmin - pad_x)..(xmax + pad_x), x_ticks);
     let mut lo = pts()
         .map(|p| p.2)
         .filter(|v| !axes.log_y || *v > 0.0)
@@ -731,39 +771,31 @@ fn draw_panel<'b>(
         fill(chart, series, axes, legend, lo)
     } else {
         let pad = ((hi - lo) * 0.08).max(1e-6);
+        let (lo, hi) = (lo - pad, hi + pad);
         let chart = builder(area)
-            .build_cartesian_2d(xr, (lo - pad)..(hi + pad))
+            .build_cartesian_2d(xr, Ticked::new(lo..hi, linear_ticks(lo, hi, 8)))
             .map_err(plot_err)?;
         fill(chart, series, axes, legend, f64::NEG_INFINITY)
     }
 }
 
-fn fill<'b, Y>(
-    mut chart: ChartContext<'b, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>,
+fn fill<'b, X, Y>(
+    mut chart: ChartContext<'b, SVGBackend<'b>, Cartesian2d<X, Y>>,
     series: &[Series],
     axes: &Axes,
     legend: bool,
     floor: f64,
 ) -> Result<()>
 where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
-    let integer_x = series
-        .iter()
-        .flat_map(|s| &s.points)
-        .all(|p| p.0.fract() == 0.0);
     chart
         .configure_mesh()
         .x_desc(&axes.x_desc)
         .y_desc(&axes.y_desc)
         .light_line_style(WHITE)
-        .x_label_formatter(&|x| {
-            if integer_x {
-                format!("{x:.0}")
-            } else {
-                format!("{x}")
-            }
-        })
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| {
             if y.abs() >= 100.0 {
                 format!("{y:.0}")
@@ -1608,10 +1640,9 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
     let size = (960, 540);
     let away = runaway(&heldout.changes);
     let mut figures: Vec<(String, &str)> = Vec::new();
-    let away_note = if away.is_empty() {
-        String::new()
-    } else {
-        format!("without {} (perplexity more than doubles)", away.join(", "))
+    let away_note = match away.len() {
+        1 => format!("without {} (its perplexity more than doubles)", away[0]),
+        n => format!("without the {n} chains whose perplexity more than doubles"),
     };
     let ppl_axes = |title: &str| {
         let y = if opts.linear {
