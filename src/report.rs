@@ -679,7 +679,7 @@ impl Ranged for Ticked {
 
 /// Labelled values for a log axis from `lo` to `hi`: powers of 10, then 1-2-5, then every digit, whichever
 /// first gives at least four; on a range too narrow for any of them, evenly spaced round values.
-fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+pub(crate) fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (d0, d1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
     let digits: [&[f64]; 3] = [
         &[1.0],

@@ -12,7 +12,7 @@ use serde::Serialize;
 use theory::{categorical_risk, simulate, unlimited_plan, Filter, ModelClass};
 
 use crate::config::Config;
-use crate::report::{html_table, plot_err, svg_to_png, COLORS};
+use crate::report::{html_table, log_ticks, plot_err, svg_to_png, COLORS};
 use crate::rundir::write_atomic;
 
 /// One row of the theory's metrics: a (schedule, round).
@@ -200,14 +200,19 @@ fn draw(rows: &[TheoryRow], groups: &[(String, Vec<String>)]) -> Result<String> 
                 .margin(10)
                 .x_label_area_size(34)
                 .y_label_area_size(70)
-                .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
+                .build_cartesian_2d(
+                    0f64..xmax,
+                    (ymin..ymax)
+                        .log_scale()
+                        .with_key_points(log_ticks(ymin, ymax)),
+                )
                 .map_err(plot_err)?;
             chart
                 .configure_mesh()
                 .x_desc("round")
                 .y_desc("risk")
                 .light_line_style(WHITE)
-                .y_label_formatter(&|y| format!("{y:.0e}"))
+                .y_label_formatter(&|y| format!("{y:.1e}").replace(".0e", "e"))
                 .draw()
                 .map_err(plot_err)?;
             for (i, name) in names.iter().enumerate() {
