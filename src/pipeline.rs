@@ -1668,7 +1668,10 @@ pub fn status(root: &Path) -> Result<String> {
         .unwrap_or(0)
         .max(16);
     let mut out = format!("{:<w$} {:>4}  {:>7}  next\n", "setting", "rep", "rounds");
+    let (mut finished, mut chains) = (0, 0);
+    let mut by_round = Vec::new();
     for s in settings {
+        let mut reps_at = vec![0usize; cfg.schedule.rounds];
         let n0 = s.schedule.plan(cfg.schedule.rounds, usize::MAX)?.rounds[0].new_docs;
         for rep in 0..cfg.experiment.repetitions {
             let done = (0..cfg.schedule.rounds)
@@ -1678,12 +1681,19 @@ pub fn status(root: &Path) -> Result<String> {
                         .exists()
                 })
                 .count();
+            for r in reps_at.iter_mut().take(done) {
+                *r += 1;
+            }
+            chains += 1;
+            finished += usize::from(done == cfg.schedule.rounds);
             let next = if done == cfg.schedule.rounds {
                 "done".to_string()
             } else {
                 let rd = phase_dir(root, &s.name, n0, rep, done);
-                let phase = if rd.join("samples.jsonl.zst").exists() {
+                let phase = if rd.join("tails.json").exists() {
                     "metrics"
+                } else if rd.join("samples.jsonl.zst").exists() {
+                    "tails"
                 } else if rd.join("eval.json").exists() {
                     "generate"
                 } else if rd.join("model.safetensors").exists() {
@@ -1708,6 +1718,20 @@ pub fn status(root: &Path) -> Result<String> {
                 s.name, rep, done, cfg.schedule.rounds
             ));
         }
+        by_round.push((s.name, reps_at));
+    }
+    // What a report made now would rest on: how many repetitions each round has.
+    out.push_str(&format!(
+        "\n{finished} of {chains} chains finished{}\nrepetitions with each round finished (round 0, 1, ...):\n",
+        if finished < chains {
+            format!("; {} not finished", chains - finished)
+        } else {
+            String::new()
+        }
+    ));
+    for (name, reps) in by_round {
+        let reps: Vec<String> = reps.iter().map(usize::to_string).collect();
+        out.push_str(&format!("{name:<w$}  {}\n", reps.join(", ")));
     }
     Ok(out)
 }

@@ -195,6 +195,9 @@ fn report_and_status_work_on_a_partial_run() {
             && s.contains("round 0: metrics"),
         "{s}"
     );
+    // Unfinished chains are counted, and each setting says how many repetitions every round has.
+    assert!(s.contains("1 of 3 chains finished; 2 not finished"), "{s}");
+    assert!(s.contains("synthetic-only    0, 0, 0"), "{s}");
     let o = f.run(&["report", "part"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rd = f.path("part/report");
