@@ -12,14 +12,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use corpus::{
     bpe_training_docs, compose, compose_selected, token_stream, token_stream_with_ends, Document,
-    Manifest, Origin, Plan, RealCorpus, Source, Split, TokenCache, Tokenizer, TokenizerSpec,
+    LengthRobustStats, Manifest, Origin, Plan, RealCorpus, Source, Split, TextStats, TokenCache,
+    Tokenizer, TokenizerSpec,
 };
 use gpt::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
-use train::{
-    perplexity, score_document, AdamW, Batcher, Evaluation, LengthRobustStats, TextStats,
-    TrainConfig, Trainer,
-};
+use train::{perplexity, score_document, AdamW, Batcher, Evaluation, TrainConfig, Trainer};
 
 use crate::config::{Carry, Config, FilterSpec, SettingSpec, Steps, Truncation, EOT_PROMPT};
 use crate::curation::{self, CurationMetrics, RoundCandidates};
@@ -67,7 +65,7 @@ pub struct MetricsRow {
     pub gen_truncated: usize,
     #[serde(default)]
     pub gen_replacement_char: usize,
-    /// Length-robust statistics of the generated plots (see [`train::LengthRobustStats`]): distinct-1/2 over
+    /// Length-robust statistics of the generated plots (see [`corpus::LengthRobustStats`]): distinct-1/2 over
     /// the first `stats_words` words of the round's documents (absent when they hold fewer), and MTLD over
     /// the words of the first `stats_docs` documents. Absent from rows written before them.
     #[serde(default)]

@@ -1,8 +1,8 @@
 //! The corpus of a collapse experiment: documents and where they come from, sources a user can name (CSV,
 //! CSV.zst, JSONL, a folder of text files, the Hugging Face Hub), cleaning, the tokenizer and its on-disk token
 //! cache, the held-out split of each repetition, the round schedule (settings 0-3 and their generalisation),
-//! the composition of each round's training corpus with a manifest that records it, and the curation rules
-//! that pick a round's documents from scored candidates.
+//! the composition of each round's training corpus with a manifest that records it, the curation rules
+//! that pick a round's documents from scored candidates, and statistics of a set of texts.
 //!
 //! It knows nothing of models, training or run directories: it turns text into documents and token ids, and
 //! decides which documents each round trains on.
@@ -15,6 +15,7 @@ mod round;
 mod schedule;
 mod source;
 mod split;
+mod stats;
 mod tokenizer;
 
 pub use clean::{clean_documents, clean_text, CleanConfig, CleanReport};
@@ -28,6 +29,7 @@ pub use round::{compose, compose_selected, Manifest, ManifestEntry};
 pub use schedule::{Alpha, Plan, RoundPlan, Schedule, Setting, Size};
 pub use source::{load_source, Source, DEFAULT_SOURCE};
 pub use split::{bpe_training_docs, Split};
+pub use stats::{mtld, LengthRobustStats, TextStats, MTLD_THRESHOLD};
 pub use tokenizer::{
     token_stream, token_stream_with_ends, TokenCache, Tokenizer, TokenizerSpec, END_OF_TEXT,
 };

@@ -1,18 +1,7 @@
 use candle_core::Tensor;
 use gpt::Gpt;
-use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
-
-/// Exact next-token statistics of a model over a token stream.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub nll_sum: f64,
-    /// Tokens predicted: every token of the stream but the first.
-    pub tokens: usize,
-    pub mean_nll: f64,
-    pub perplexity: f64,
-}
+use crate::{DocumentScore, Error, Evaluation, Result};
 
 /// Perplexity `exp(mean NLL)` over every token of `tokens`, predicted from consecutive `block_size` windows
 /// (token `i` is predicted from the window it falls in, never sampled), so the same model and stream always
@@ -59,16 +48,6 @@ pub fn perplexity(model: &Gpt, tokens: &[u32], batch_size: usize) -> Result<Eval
         mean_nll,
         perplexity: mean_nll.exp(),
     })
-}
-
-/// How a model sees one document: its per-token NLL and the mean entropy of its next-token distributions.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DocumentScore {
-    /// Tokens predicted: the document's and the closing `<|endoftext|>`.
-    pub tokens: usize,
-    pub mean_nll: f64,
-    /// Mean entropy (nats) of the next-token distribution at each predicted position; NaN unless asked for.
-    pub mean_entropy: f64,
 }
 
 /// Scores `doc` as it appears in training, `<|endoftext|>` + tokens + `<|endoftext|>`: the NLL is exactly

@@ -8,106 +8,8 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
-
-/// torch.optim.AdamW's hyper-parameters as nanoGPT sets them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Decoupled weight decay, applied to every tensor of two or more dimensions (embeddings included) and
-    /// to no bias or LayerNorm parameter.
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }
-    }
-}
-
-impl AdamWConfig {
-    pub fn validate(&self) -> Result<()> {
-        let ok = (0.0..1.0).contains(&self.beta1)
-            && (0.0..1.0).contains(&self.beta2)
-            && self.eps > 0.0
-            && self.weight_decay >= 0.0;
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Config(format!(
-                "AdamW needs betas in [0, 1), eps > 0, weight_decay >= 0: {self:?}"
-            )))
-        }
-    }
-}
-
-/// Learning rate per step: constant, or nanoGPT's linear warm-up then cosine decay to a floor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum LrSchedule {
-    Constant {
-        lr: f64,
-    },
-    Cosine {
-        lr: f64,
-        warmup_steps: u64,
-        decay_steps: u64,
-        min_lr: f64,
-    },
-}
-
-impl LrSchedule {
-    pub fn at(&self, step: u64) -> f64 {
-        match *self {
-            LrSchedule::Constant { lr } => lr,
-            LrSchedule::Cosine {
-                lr,
-                warmup_steps,
-                decay_steps,
-                min_lr,
-            } => {
-                if step < warmup_steps {
-                    return lr * (step + 1) as f64 / (warmup_steps + 1) as f64;
-                }
-                if step > decay_steps {
-                    return min_lr;
-                }
-                let ratio =
-                    (step - warmup_steps) as f64 / (decay_steps - warmup_steps).max(1) as f64;
-                min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)
-            }
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let ok = match *self {
-            LrSchedule::Constant { lr } => lr > 0.0,
-            LrSchedule::Cosine {
-                lr,
-                warmup_steps,
-                decay_steps,
-                min_lr,
-            } => lr > 0.0 && (0.0..=lr).contains(&min_lr) && decay_steps >= warmup_steps,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Config(format!(
-                "invalid learning-rate schedule {self:?}"
-            )))
-        }
-    }
-}
+use crate::{AdamWConfig, Error, Result};
 
 /// First and second moments: plain host vectors on the CPU (updated in place with the parameter in one
 /// fused pass), device tensors elsewhere.
@@ -431,6 +333,7 @@ impl InplaceOp2 for HostAdamStep<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LrSchedule;
 
     #[test]
     fn cosine_schedule_matches_nanogpt() {

@@ -2,48 +2,8 @@ use candle_core::Tensor;
 use gpt::Gpt;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::{AdamW, AdamWConfig, Batcher, LrSchedule, Result};
-
-/// One training run from scratch, as the paper configures it by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    pub steps: u64,
-    pub batch_size: usize,
-    pub lr: LrSchedule,
-    pub adamw: AdamWConfig,
-    /// Clip gradients to this global norm (nanoGPT's `grad_clip`); `None` disables clipping.
-    pub grad_clip: Option<f64>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            steps: 3000,
-            batch_size: 32,
-            lr: LrSchedule::Constant { lr: 1e-3 },
-            adamw: AdamWConfig::default(),
-            grad_clip: Some(1.0),
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.batch_size == 0 {
-            return Err(crate::Error::Config(
-                "steps and batch_size must be positive".into(),
-            ));
-        }
-        if self.grad_clip.is_some_and(|c| c <= 0.0) {
-            return Err(crate::Error::Config("grad_clip must be positive".into()));
-        }
-        self.lr.validate()?;
-        self.adamw.validate()
-    }
-}
+use crate::{AdamW, Batcher, Result, TrainConfig};
 
 /// A model, its optimizer and the training settings. Every random draw of step `s` (batch windows, dropout
 /// masks) comes from RNG streams keyed by `(seed, s)`, so training resumed from a saved model and optimizer
