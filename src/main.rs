@@ -1,22 +1,15 @@
-//! collapse-lab: model-collapse experiments on small GPT-2 models. The binary is a thin layer of commands
-//! over the library crates: `corpus` (documents, tokenizer, schedule), `train` (optimisation, evaluation),
-//! `gpt` (the model) and `theory` (risk recurrences and simulations); here live the config, the run
-//! directory, the round pipeline, progress and reports.
+//! collapse-lab: model-collapse experiments on small GPT-2 models. The binary is argument parsing over the
+//! library crates (`experiment` runs them, `report` shows them), the mapping from `[model]` to a model kind,
+//! and the tools that work on one checkpoint (generate, eval, export), bench and gpu-check.
 
 mod bench;
-mod config;
-mod curation;
 mod device;
 mod gpucheck;
-mod pipeline;
-mod progress;
+mod models;
 mod report;
-mod rundir;
-mod slurm;
 mod stats;
 mod theory;
 mod tools;
-mod workers;
 
 use std::path::PathBuf;
 
@@ -71,7 +64,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  collapse-lab slurm configs/paper.toml --out /scratch/runs/paper --partition gpu --gpus-per-task 1 --time 02:00:00\n  sbatch /scratch/runs/paper/slurm/collapse-lab.sbatch\n\nTasks are requeued on preemption and resume where they stopped; `collapse-lab report` works on the directory meanwhile."
     )]
-    Slurm(slurm::SlurmArgs),
+    Slurm(SlurmArgs),
     /// Show how far each setting and repetition of a run has come.
     #[command(after_help = "Example:\n  collapse-lab status runs/quick")]
     Status { dir: PathBuf },
@@ -104,7 +97,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  collapse-lab calibrate configs/setting3-a-small.toml --steps 1000 --eval-every 20 --out runs/calibrate-small\n\nIt trains on a repetition the experiment does not use (by default the config's `repetitions`, the first one past its own), so the choice it informs is made before any of the experiment's results."
     )]
-    Calibrate(pipeline::CalibrateArgs),
+    Calibrate(CalibrateArgs),
     /// Sample documents from a checkpoint.
     #[command(
         after_help = "Example:\n  collapse-lab generate runs/quick/synthetic-only/rep-0/round-4/model.safetensors --count 3"
@@ -137,6 +130,69 @@ enum Command {
     BenchCorpus(bench::CorpusBenchArgs),
 }
 
+#[derive(clap::Args, Debug)]
+struct SlurmArgs {
+    /// The experiment's TOML config.
+    config: PathBuf,
+    /// The run directory, on storage every node sees.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    partition: Option<String>,
+    /// GPUs per task (`--gres=gpu:G`); tasks then run on `cuda`.
+    #[arg(long)]
+    gpus_per_task: Option<u32>,
+    /// Wall time per task, e.g. 02:00:00.
+    #[arg(long, default_value = "04:00:00")]
+    time: String,
+    #[arg(long, default_value_t = 2)]
+    cpus_per_task: u32,
+    /// Data source and tokenizer overriding the config's (frozen into the run directory's config).
+    #[arg(long, env = "COLLAPSE_DATA")]
+    data: Option<String>,
+    #[arg(long, env = "COLLAPSE_TOKENIZER")]
+    tokenizer: Option<String>,
+    /// Only SETTING or SETTING/REP.
+    #[arg(long)]
+    only: Option<String>,
+    /// At most this many tasks at once (`--array=...%N`).
+    #[arg(long)]
+    max_running: Option<u32>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CalibrateArgs {
+    /// The experiment's TOML config.
+    config: PathBuf,
+    /// Steps to train round 0 for (default: 4 x the steps the config gives round 0).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Held-out loss every this many steps (default: steps / 50).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// The repetition whose split and seeds to use (default: the config's `repetitions`, the first one the
+    /// experiment does not run).
+    #[arg(long)]
+    rep: Option<usize>,
+    /// Where to keep the calibration (default: runs/<config name>-calibrate).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, env = "COLLAPSE_DATA")]
+    data: Option<String>,
+    #[arg(long, env = "COLLAPSE_TOKENIZER")]
+    tokenizer: Option<String>,
+    /// cpu, cuda or cuda:N (overrides the config's).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// The model kinds of a run on the device its config (or --device) names, TF32 as configured.
+fn run_models(cfg: &experiment::Config) -> Result<models::RunModels> {
+    let device = device::parse_device(&cfg.experiment.device)?;
+    device::set_tf32(&device, cfg.experiment.tf32);
+    Ok(models::RunModels { device })
+}
+
 /// Keeps freed memory in the process. Training frees and re-allocates buffers of tens of MB every step;
 /// glibc's defaults hand them back to the kernel each time (large ones are separate mappings), and the page
 /// faults of re-allocating them cost up to a third of a CPU step (measured with `bench`, which reports page
@@ -163,7 +219,7 @@ fn execute(cli: Cli) -> Result<()> {
             jobs,
             devices,
         } => {
-            let mut cfg = config::Config::load(&config)?;
+            let mut cfg = experiment::Config::load(&config)?;
             let mut passthrough = Vec::new();
             if let Some(d) = data {
                 passthrough.extend(["--data".to_string(), d.clone()]);
@@ -176,9 +232,9 @@ fn execute(cli: Cli) -> Result<()> {
             if let Some(d) = device {
                 cfg.experiment.device = d;
             }
-            let sel = pipeline::parse_only(only.as_deref(), &cfg)?;
-            let out = out.unwrap_or_else(|| pipeline::default_out(&config));
-            let chains = pipeline::chains(&sel).len();
+            let sel = experiment::parse_only(only.as_deref(), &cfg)?;
+            let out = out.unwrap_or_else(|| experiment::default_out(&config));
+            let chains = experiment::chains(&sel).len();
             let jobs = match jobs {
                 Some(0) => anyhow::bail!("--jobs must be at least 1"),
                 Some(j) => j,
@@ -200,22 +256,32 @@ fn execute(cli: Cli) -> Result<()> {
                     device::parse_device(d)?;
                 }
                 // Freeze the config (or refuse a different one) before any worker starts.
-                rundir::RunDir::open(&out, &cfg)?;
-                let args = workers::WorkerArgs {
+                experiment::RunDir::open(&out, &cfg)?;
+                let args = experiment::workers::WorkerArgs {
                     config: &config,
                     out: &out,
                     passthrough,
                     devices,
                 };
-                return workers::run_jobs(args, &sel, jobs);
+                return experiment::workers::run_jobs(args, &sel, jobs);
             }
-            let dev = device::parse_device(&cfg.experiment.device)?;
-            device::set_tf32(&dev, cfg.experiment.tf32);
-            pipeline::run(cfg, &out, dev, sel)
+            let models = run_models(&cfg)?;
+            experiment::run(cfg, &out, &models, sel)
         }
-        Command::Slurm(a) => slurm::write(a),
+        Command::Slurm(a) => experiment::slurm::write(experiment::slurm::SlurmArgs {
+            config: a.config,
+            out: a.out,
+            partition: a.partition,
+            gpus_per_task: a.gpus_per_task,
+            time: a.time,
+            cpus_per_task: a.cpus_per_task,
+            data: a.data,
+            tokenizer: a.tokenizer,
+            only: a.only,
+            max_running: a.max_running,
+        }),
         Command::Status { dir } => {
-            print!("{}", pipeline::status(&dir)?);
+            print!("{}", experiment::status(&dir)?);
             Ok(())
         }
         Command::Report {
@@ -242,10 +308,59 @@ fn execute(cli: Cli) -> Result<()> {
             println!("{}", out.join("report.html").display());
             Ok(())
         }
-        Command::Calibrate(a) => pipeline::calibrate(a),
+        Command::Calibrate(a) => {
+            let mut cfg = experiment::Config::load(&a.config)?;
+            if let Some(d) = a.data {
+                cfg.data.source = d;
+            }
+            if let Some(t) = a.tokenizer {
+                cfg.data.tokenizer = t;
+            }
+            if let Some(d) = a.device {
+                cfg.experiment.device = d;
+            }
+            let models = run_models(&cfg)?;
+            let (cal, out) = experiment::calibrate(
+                experiment::CalibrateArgs {
+                    config: cfg,
+                    config_path: a.config,
+                    steps: a.steps,
+                    eval_every: a.eval_every,
+                    rep: a.rep,
+                    out: a.out,
+                },
+                &models,
+            )?;
+            report::curve_plot(
+                &out.join("calibration"),
+                &format!(
+                    "Round 0 of repetition {}: {} documents, {} tokens",
+                    cal.repetition, cal.documents, cal.train_tokens
+                ),
+                "training step",
+                "mean NLL per token (nats)",
+                &[
+                    ("held-out".to_string(), cal.heldout.clone()),
+                    ("training (batch)".to_string(), cal.losses.clone()),
+                ],
+            )?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "best_step": cal.best_step,
+                    "best_heldout_nll": cal.best_heldout_nll,
+                    "best_passes": cal.best_passes,
+                    "config_steps": cal.config_steps,
+                    "config_heldout_nll": cal.config_heldout_nll,
+                    "train_tokens": cal.train_tokens,
+                    "file": out.join("calibration.json"),
+                })
+            );
+            Ok(())
+        }
         Command::Theory { config, out } => {
-            let cfg = config::Config::load(&config)?;
-            let out = out.unwrap_or_else(|| pipeline::default_out(&config));
+            let cfg = experiment::Config::load(&config)?;
+            let out = out.unwrap_or_else(|| experiment::default_out(&config));
             let dir = theory::run(&cfg, &out)?;
             println!("{}", dir.join("report.html").display());
             Ok(())

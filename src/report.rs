@@ -29,10 +29,12 @@ use plotters_backend::{BackendCoord, DrawingErrorKind};
 
 use corpus::CurationCounts;
 
-use crate::config::{Config, FilterSpec, Truncation};
-use crate::curation::{candidate_counts, CurationMetrics};
-use crate::pipeline::{collect_metrics, phase_dir, refresh_generation_stats, MetricsRow};
-use crate::rundir::{frozen_config, read_json, write_atomic};
+use experiment::config::{candidate_counts, Config, FilterSpec, Truncation};
+use experiment::{
+    collect_metrics, frozen_config, phase_dir, read_json, refresh_generation_stats, write_atomic,
+    CurationMetrics, MetricsRow, TrainRecord,
+};
+
 use crate::stats::{fieller, holm, Estimate, ALPHA};
 
 /// How the report draws.
@@ -1160,7 +1162,7 @@ fn curation_table(cfg: &Config, layout: &Layout, rows: &[MetricsRow]) -> String 
             .as_ref()
             .and_then(|s| {
                 let plan = s.schedule.plan(cfg.schedule.rounds, usize::MAX).ok()?;
-                let c = candidate_counts(cfg, s, &plan).ok()?;
+                let c = candidate_counts(cfg.curation.as_ref()?.max_candidates, s, &plan).ok()?;
                 let per: Vec<usize> = cs
                     .iter()
                     .map(|(r, _)| c.get(r.round).map_or(0, |x| x.synthetic))
@@ -1429,7 +1431,7 @@ fn training_curves(
                 if !p.exists() {
                     continue;
                 }
-                let rec: crate::pipeline::TrainRecord = read_json(&p)?;
+                let rec: TrainRecord = read_json(&p)?;
                 for (step, v) in rec.heldout {
                     by_step.entry(step).or_default().push(v);
                 }

@@ -11,9 +11,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 use theory::{categorical_risk, simulate, unlimited_plan, Filter, ModelClass};
 
-use crate::config::Config;
 use crate::report::{html_table, log_ticks, plot_err, svg_to_png, COLORS};
-use crate::rundir::write_atomic;
+use experiment::{write_atomic, Config};
 
 /// One row of the theory's metrics: a (schedule, round).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,7 +10,7 @@ use corpus::{token_stream, CleanConfig, RealCorpus, Source, TokenCache, Tokenize
 use gpt::{GenerateConfig, Gpt};
 
 use crate::device::parse_device;
-use crate::rundir::{checksum_path, read_verified, write_atomic};
+use experiment::rundir::{checksum_path, read_verified, write_atomic};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {

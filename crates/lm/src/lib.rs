@@ -241,8 +241,12 @@ pub trait Training {
 
 /// A kind of model with its configuration: the pipeline's only way to make, train and load models.
 pub trait ModelKind: Send + Sync {
+    /// The file names of a training's checkpoint parts ([`Training::parts`]), the model's first.
+    fn parts(&self) -> &'static [&'static str];
     /// The file a round's model is saved in (its first part).
-    fn model_file(&self) -> &'static str;
+    fn model_file(&self) -> &'static str {
+        self.parts()[0]
+    }
     /// A new training from the job's seeds (or the kind's starting weights).
     fn start(&self, job: TrainJob) -> Result<Box<dyn Training>>;
     /// The training saved as `parts` (named as [`Training::parts`] names them) after `step` steps.

@@ -116,8 +116,8 @@ impl GptKind {
 }
 
 impl lm::ModelKind for GptKind {
-    fn model_file(&self) -> &'static str {
-        MODEL_FILE
+    fn parts(&self) -> &'static [&'static str] {
+        &[MODEL_FILE, OPTIMIZER_FILE]
     }
 
     fn start(&self, job: TrainJob) -> lm::Result<Box<dyn Training>> {

@@ -1,14 +1,20 @@
 //! The experiment's TOML configuration. Defaults are the paper's; unknown keys are errors that name the key
 //! and its line.
 
+mod curation;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use corpus::{Alpha, CleanConfig, Schedule, Setting, Size};
-use gpt::{GenerateConfig, GptConfig};
+use lm::{AdamWConfig, LrSchedule, Sampling, TrainConfig};
 use serde::{Deserialize, Serialize};
 use theory::{Filter, ModelClass, Simulation, Truth};
-use train::{AdamWConfig, LrSchedule, TrainConfig};
+
+pub use curation::{
+    candidate_counts, plan_pool, verifier_reserve, Confidence, CurationSection, FilterSpec,
+    RoundCandidates, SelfScore,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -70,178 +76,6 @@ pub struct Contrast {
     pub rounds: Vec<usize>,
 }
 
-/// `[curation]`: every filter runs with every setting, as a chain named `SETTING+FILTER`; round 0 (no
-/// synthetic candidates) stays shared by all of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CurationSection {
-    pub filters: Vec<FilterSpec>,
-    /// The most candidates a filter may need in a round, as a multiple of the round's new documents n_t: a
-    /// filter that needs more is refused when the run is planned, with the numbers.
-    pub max_candidates: f64,
-}
-
-impl Default for CurationSection {
-    fn default() -> Self {
-        Self {
-            filters: Vec::new(),
-            max_candidates: 10.0,
-        }
-    }
-}
-
-/// One curation filter, `[[curation.filters]]` with a `name` (it names the chains) and a `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum FilterSpec {
-    /// Every candidate is kept: the unfiltered baseline beside the filters, on the same documents.
-    None { name: String },
-    /// The paper's appendix-D classifier simulated from provenance over the whole candidate mix: a real
-    /// document is rejected with probability `e1`, a synthetic one kept with probability `e2`.
-    Oracle { name: String, e1: f64, e2: f64 },
-    /// A GPT trained once per repetition on `docs` real documents no chain uses (for `steps` steps, the
-    /// run's by default; `n_layer` / `n_head` / `n_embd` override the run's architecture), scoring each
-    /// synthetic candidate by its per-token NLL: keep the best `fraction`, or the first candidates under
-    /// `threshold` nats per token.
-    Verifier {
-        name: String,
-        docs: usize,
-        #[serde(default)]
-        fraction: Option<f64>,
-        #[serde(default)]
-        threshold: Option<f64>,
-        #[serde(default)]
-        steps: Option<u64>,
-        #[serde(default)]
-        n_layer: Option<usize>,
-        #[serde(default)]
-        n_head: Option<usize>,
-        #[serde(default)]
-        n_embd: Option<usize>,
-    },
-    /// The generating model's own score of each synthetic candidate (`score = "nll"`, per-token NLL, or
-    /// `"entropy"`, the mean entropy of its next-token distributions): keep the `fraction` it is most
-    /// (`keep = "confident"`) or least (`"unconfident"`) confident of.
-    #[serde(rename = "self")]
-    SelfScore {
-        name: String,
-        score: SelfScore,
-        keep: Confidence,
-        fraction: f64,
-    },
-    /// Greedy selection of the `fraction` of synthetic candidates that maximises the distinct token
-    /// `ngram`-grams of the kept set.
-    Diversity {
-        name: String,
-        #[serde(default = "default_ngram")]
-        ngram: usize,
-        fraction: f64,
-    },
-    /// The length-matched control: keep the longest `fraction` of the synthetic candidates (by tokens). A
-    /// filter that keeps longer documents trains on more tokens at fixed steps; beside this control, its
-    /// effect can be told from the length it keeps.
-    Longest { name: String, fraction: f64 },
-}
-
-fn default_ngram() -> usize {
-    3
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SelfScore {
-    Nll,
-    Entropy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Confidence {
-    /// Lowest NLL or entropy first.
-    Confident,
-    /// Highest first.
-    Unconfident,
-}
-
-impl FilterSpec {
-    pub fn name(&self) -> &str {
-        match self {
-            FilterSpec::None { name }
-            | FilterSpec::Oracle { name, .. }
-            | FilterSpec::Verifier { name, .. }
-            | FilterSpec::SelfScore { name, .. }
-            | FilterSpec::Diversity { name, .. }
-            | FilterSpec::Longest { name, .. } => name,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FilterSpec::None { .. } => "none",
-            FilterSpec::Oracle { .. } => "oracle",
-            FilterSpec::Verifier { .. } => "verifier",
-            FilterSpec::SelfScore { .. } => "self",
-            FilterSpec::Diversity { .. } => "diversity",
-            FilterSpec::Longest { .. } => "longest",
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let name = self.name();
-        let prob = |what: &str, v: f64| -> Result<()> {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("curation filter {name:?}: {what} must be in [0, 1], got {v}");
-            }
-            Ok(())
-        };
-        let fraction = |v: f64| -> Result<()> {
-            if !(v > 0.0 && v <= 1.0) {
-                bail!("curation filter {name:?}: fraction must be in (0, 1], got {v}");
-            }
-            Ok(())
-        };
-        match self {
-            FilterSpec::None { .. } => {}
-            FilterSpec::Oracle { e1, e2, .. } => {
-                prob("e1", *e1)?;
-                prob("e2", *e2)?;
-            }
-            FilterSpec::Verifier {
-                docs,
-                fraction: f,
-                threshold,
-                steps,
-                ..
-            } => {
-                match (f, threshold) {
-                    (Some(f), None) => fraction(*f)?,
-                    (None, Some(t)) if t.is_finite() => {}
-                    (None, Some(t)) => bail!("curation filter {name:?}: threshold must be finite, got {t}"),
-                    _ => bail!("curation filter {name:?}: a verifier needs exactly one of fraction and threshold"),
-                }
-                if *docs == 0 {
-                    bail!("curation filter {name:?}: the verifier needs at least 1 training document (docs)");
-                }
-                if *steps == Some(0) {
-                    bail!("curation filter {name:?}: steps must be at least 1");
-                }
-            }
-            FilterSpec::SelfScore { fraction: f, .. } | FilterSpec::Longest { fraction: f, .. } => {
-                fraction(*f)?
-            }
-            FilterSpec::Diversity {
-                ngram, fraction: f, ..
-            } => {
-                fraction(*f)?;
-                if *ngram == 0 {
-                    bail!("curation filter {name:?}: ngram must be at least 1");
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// `collapse-lab theory`: the statistical model run under the same schedules as the GPT experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,7 +118,8 @@ impl TheorySection {
     }
 }
 
-/// The model; its vocabulary size comes from the tokenizer.
+/// The model (the paper's GPT-2 shape by default); its vocabulary size comes from the tokenizer. The
+/// pipeline does not read these fields: the binary's mapping from `[model]` to a model kind does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
@@ -301,15 +136,15 @@ pub struct ModelSection {
 }
 
 impl Default for ModelSection {
+    /// The paper's model: 4 layers, 4 heads, 256 embd, 128 context, no dropout, biases.
     fn default() -> Self {
-        let p = GptConfig::paper();
         Self {
-            n_layer: p.n_layer,
-            n_head: p.n_head,
-            n_embd: p.n_embd,
-            block_size: p.block_size,
-            dropout: p.dropout,
-            bias: p.bias,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 256,
+            block_size: 128,
+            dropout: 0.0,
+            bias: true,
             init_from: None,
         }
     }
@@ -625,18 +460,17 @@ pub struct GenerationSection {
 }
 
 impl Default for GenerationSection {
+    /// Draws from the model itself: temperature 1, no top-k or top-p, from `<|endoftext|>`.
     fn default() -> Self {
-        // Sampling defaults are the model crate's, so the two cannot drift apart.
-        let g = GenerateConfig::default();
         Self {
             max_new_tokens: MaxNewTokens::Auto,
             truncated: Truncation::Finished,
             max_draws: 10.0,
             carry: Carry::Text,
             stats_words: 1000,
-            temperature: g.temperature,
-            top_k: g.top_k,
-            top_p: g.top_p,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
             batch_size: 256,
             min_docs: 100,
             prompt: EOT_PROMPT.into(),
@@ -873,19 +707,6 @@ impl Config {
             })
     }
 
-    pub fn gpt(&self, vocab_size: usize) -> GptConfig {
-        let m = &self.model;
-        GptConfig {
-            vocab_size,
-            block_size: m.block_size,
-            n_layer: m.n_layer,
-            n_head: m.n_head,
-            n_embd: m.n_embd,
-            dropout: m.dropout,
-            bias: m.bias,
-        }
-    }
-
     /// The training settings; `steps` is the fewest a round may train (the pipeline sets each round's from its
     /// token count, see [`Steps`]).
     pub fn train(&self) -> TrainConfig {
@@ -900,9 +721,9 @@ impl Config {
     }
 
     /// The sampling settings with the run's resolved cap (see [`MaxNewTokens`]).
-    pub fn generate(&self, stop_token: u32, max_new_tokens: usize) -> GenerateConfig {
+    pub fn sampling(&self, stop_token: u32, max_new_tokens: usize) -> Sampling {
         let g = &self.generation;
-        GenerateConfig {
+        Sampling {
             max_new_tokens,
             temperature: g.temperature,
             top_k: g.top_k,
@@ -911,11 +732,20 @@ impl Config {
         }
     }
 
+    /// Every section but `[model]`, whose validity is the model kind's (the binary checks it before a run).
     pub fn validate(&self) -> Result<()> {
-        self.gpt(1).validate()?;
         self.training.steps.validate()?;
         self.train().validate()?;
-        self.generate(0, 1).validate()?;
+        let g = &self.generation;
+        if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
+            bail!("generation.temperature must be >= 0, got {}", g.temperature);
+        }
+        if g.top_k == Some(0) {
+            bail!("generation.top_k must be at least 1");
+        }
+        if let Some(p) = g.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            bail!("generation.top_p must be in (0, 1], got {p}");
+        }
         // Every schedule plans as far as the config alone decides (the pool's size comes with the data).
         if self.schedule.rounds > 0 {
             for s in self.settings()? {
@@ -924,16 +754,9 @@ impl Config {
                     .plan(self.schedule.rounds, usize::MAX)
                     .with_context(|| format!("setting {s}"))?;
                 // Candidate counts depend on the schedule alone: a filter that needs too many is refused here.
-                if s.curation.is_some() {
-                    crate::curation::candidate_counts(self, &s, &plan)?;
+                if let Some(c) = &self.curation {
+                    candidate_counts(c.max_candidates, &s, &plan)?;
                 }
-            }
-        }
-        for f in self.curation.iter().flat_map(|c| &c.filters) {
-            if let FilterSpec::Verifier { .. } = f {
-                crate::curation::verifier_config(self, f, 1)
-                    .validate()
-                    .with_context(|| format!("curation filter {:?}", f.name()))?;
             }
         }
         self.theory
@@ -1093,7 +916,11 @@ mod tests {
     #[test]
     fn defaults_are_the_papers() {
         let c = Config::parse("", "empty.toml").unwrap();
-        assert_eq!(c.gpt(50257), GptConfig::paper());
+        assert_eq!(c.model, ModelSection::default());
+        assert_eq!(
+            (c.model.n_layer, c.model.n_embd, c.model.block_size),
+            (4, 256, 128)
+        );
         assert_eq!(c.training.steps, Steps::Count(3000));
         assert_eq!(c.training.batch_size, 32);
         assert_eq!(c.training.lr, LrSchedule::Constant { lr: 1e-3 });
@@ -1204,7 +1031,7 @@ accumulate = true
     }
 
     /// `[curation]` expands every setting under every filter, keeps presets addressable by name only, and
-    /// gives a verifier its own architecture when asked (validated like the run's).
+    /// gives a verifier its own architecture when asked.
     #[test]
     fn curation_expands_settings_and_sizes_verifiers() {
         let text = "[schedule]\nsettings = [\"fixed-alpha\", \"synthetic-only\"]\n[curation]\n\
@@ -1230,11 +1057,9 @@ accumulate = true
         assert!(c.setting("2").is_err());
         assert_eq!(c.setting("fixed-alpha+big").unwrap().number, 201);
         let v = c.curation.as_ref().unwrap().filters[1].clone();
-        let g = crate::curation::verifier_config(&c, &v, 100);
+        let g = v.verifier_model(&c.model);
         assert_eq!((g.n_layer, g.n_head, g.n_embd), (6, 4, 384));
-        let bad = text.replace("n_embd = 384", "n_embd = 385");
-        let e = format!("{:#}", Config::parse(&bad, "c.toml").unwrap_err());
-        assert!(e.contains("curation filter \"big\""), "{e}");
+        assert_eq!(g.init_from, None);
     }
 
     #[test]

@@ -6,39 +6,30 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Args;
 
 use crate::config::Config;
 use crate::pipeline::{chains, parse_only};
 use crate::rundir::{write_atomic, RunDir};
 
-#[derive(Args, Debug)]
+/// What the job array runs and asks Slurm for.
+#[derive(Debug, Clone)]
 pub struct SlurmArgs {
     /// The experiment's TOML config.
     pub config: PathBuf,
     /// The run directory, on storage every node sees.
-    #[arg(long)]
     pub out: PathBuf,
-    #[arg(long)]
     pub partition: Option<String>,
     /// GPUs per task (`--gres=gpu:G`); tasks then run on `cuda`.
-    #[arg(long)]
     pub gpus_per_task: Option<u32>,
     /// Wall time per task, e.g. 02:00:00.
-    #[arg(long, default_value = "04:00:00")]
     pub time: String,
-    #[arg(long, default_value_t = 2)]
     pub cpus_per_task: u32,
     /// Data source and tokenizer overriding the config's (frozen into the run directory's config).
-    #[arg(long, env = "COLLAPSE_DATA")]
     pub data: Option<String>,
-    #[arg(long, env = "COLLAPSE_TOKENIZER")]
     pub tokenizer: Option<String>,
     /// Only SETTING or SETTING/REP.
-    #[arg(long)]
     pub only: Option<String>,
     /// At most this many tasks at once (`--array=...%N`).
-    #[arg(long)]
     pub max_running: Option<u32>,
 }
 

@@ -9,24 +9,25 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use corpus::{
     bpe_training_docs, compose, compose_selected, token_stream, token_stream_with_ends, Document,
     LengthRobustStats, Manifest, Origin, Plan, RealCorpus, Source, Split, TextStats, TokenCache,
     Tokenizer, TokenizerSpec,
 };
-use gpt::{Gpt, GptConfig};
+use lm::{Evaluation, LanguageModel, ModelKind, TrainConfig, Training};
 use serde::{Deserialize, Serialize};
-use train::{perplexity, score_document, AdamW, Batcher, Evaluation, TrainConfig, Trainer};
 
-use crate::config::{Carry, Config, FilterSpec, SettingSpec, Steps, Truncation, EOT_PROMPT};
-use crate::curation::{self, CurationMetrics, RoundCandidates};
+use crate::config::{
+    candidate_counts, plan_pool, Carry, Config, FilterSpec, RoundCandidates, SettingSpec, Steps,
+    Truncation, EOT_PROMPT,
+};
+use crate::curation::{self, CurationMetrics};
+use crate::models::Models;
 use crate::progress::Progress;
 use crate::rundir::{
     chain_busy, frozen_config, read_json, read_verified, round_dir, write_atomic, write_json,
     write_verified, RunDir,
 };
-use crate::tools::load_model_on;
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,9 +235,12 @@ pub fn derive_seed(base: u64, parts: &[&dyn std::fmt::Display]) -> u64 {
 }
 
 /// Everything a round needs that does not change between rounds.
-struct Ctx {
+struct Ctx<'m> {
     cfg: Config,
-    device: Device,
+    /// Makes the model kinds (the binary's mapping from `[model]` to an implementation).
+    models: &'m dyn Models,
+    /// The kind of the rounds' models.
+    kind: Box<dyn ModelKind>,
     tok: Tokenizer,
     docs: Vec<Document>,
     doc_tokens: Vec<Vec<u32>>,
@@ -301,9 +305,11 @@ pub fn chains(sel: &Selection) -> Vec<(SettingSpec, usize)> {
         .collect()
 }
 
-pub fn run(cfg: Config, out: &Path, device: Device, sel: Selection) -> Result<()> {
+/// Runs (or resumes) the selected chains of `cfg` in `out`, with the model kinds `models` makes.
+pub fn run(cfg: Config, out: &Path, models: &dyn Models, sel: Selection) -> Result<()> {
+    check_models(&cfg, models)?;
     let dir = RunDir::open(out, &cfg)?;
-    let ctx = prepare(cfg, &dir, device)?;
+    let ctx = prepare(cfg, &dir, models)?;
     let rounds = ctx.cfg.schedule.rounds;
     let chains = chains(&sel);
     let done = chains
@@ -364,7 +370,22 @@ pub fn run(cfg: Config, out: &Path, device: Device, sel: Selection) -> Result<()
     Ok(())
 }
 
-fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
+/// The run's `[model]` and every verifier's, checked by their kind before anything runs.
+pub fn check_models(cfg: &Config, models: &dyn Models) -> Result<()> {
+    models
+        .validate(&cfg.model)
+        .context("invalid [model] section")?;
+    for f in cfg.curation.iter().flat_map(|c| &c.filters) {
+        if let FilterSpec::Verifier { .. } = f {
+            models
+                .validate(&f.verifier_model(&cfg.model))
+                .with_context(|| format!("curation filter {:?}", f.name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> Result<Ctx<'m>> {
     let source = Source::new(&cfg.data.source, Some(&cfg.data.column));
     eprintln!("[collapse-lab] loading {}", cfg.data.source);
     let real = RealCorpus::load(&source, &cfg.data.clean)?;
@@ -430,9 +451,8 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         }
         None => None,
     };
-    if let Some(init) = &cfg.model.init_from {
-        initial_model(&cfg, &device, tok.vocab_size(), init)?;
-    }
+    // Made (and `model.init_from` read and checked) once, before any round.
+    let kind = models.kind(&cfg.model, tok.vocab_size())?;
     let pool_len = n - cfg.data.heldout_docs;
     let mut plans = HashMap::new();
     for s in cfg.settings()? {
@@ -442,7 +462,12 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
             .with_context(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
         plans.insert(s.name, plan);
     }
-    let candidates = curation::plan_pool(&cfg, &mut plans, pool_len)?;
+    let candidates = plan_pool(
+        cfg.curation.as_ref(),
+        &cfg.settings()?,
+        &mut plans,
+        pool_len,
+    )?;
     let by_id = real
         .docs
         .iter()
@@ -451,7 +476,8 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
         .collect();
     Ok(Ctx {
         cfg,
-        device,
+        models,
+        kind,
         tok,
         docs: real.docs,
         doc_tokens,
@@ -465,7 +491,7 @@ fn prepare(cfg: Config, dir: &RunDir, device: Device) -> Result<Ctx> {
     })
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// n_0 of a setting: the settings of a repetition whose round 0 has the same size share it.
     fn n0(&self, setting: &str) -> usize {
         self.plans[setting].rounds[0].new_docs
@@ -655,15 +681,9 @@ fn run_round(
     let wall_compose = started.elapsed().as_secs_f64();
 
     // Phase 2: train model_t from scratch (or from its last checkpoint).
-    let model_path = pd.join("model.safetensors");
+    let model_path = pd.join(ctx.kind.model_file());
     let (model, train_rec) = if model_path.exists() {
-        let model = load_model_on(&model_path, &ctx.device, "delete it to retrain this round")?;
-        if model.config() != &cfg.gpt(ctx.tok.vocab_size()) {
-            bail!(
-                "{} holds a model of another config: delete it to retrain this round",
-                model_path.display()
-            );
-        }
+        let model = load_model(&*ctx.kind, &model_path, "delete it to retrain this round")?;
         (model, read_json::<TrainRecord>(&pd.join("train.json"))?)
     } else {
         let stream = round_stream(
@@ -675,7 +695,7 @@ fn run_round(
             &manifest,
             &manifest_path,
         )?;
-        train_phase(ctx, &pd, progress, &stream, &round_job(ctx, rep, t))?
+        train_phase(ctx, &pd, progress, stream, &round_job(ctx, rep, t))?
     };
 
     // Phase 3: evaluate.
@@ -686,11 +706,11 @@ fn run_round(
         progress.phase("eval", 1);
         let started = Instant::now();
         let bs = cfg.training.eval_batch_size;
-        let heldout = perplexity(&model, &ctx.heldout[rep], bs)?;
+        let heldout = model.evaluate(&ctx.heldout[rep], bs)?;
         let second = ctx
             .second
             .as_ref()
-            .map(|s| perplexity(&model, s, bs))
+            .map(|s| model.evaluate(s, bs))
             .transpose()?;
         let rec = EvalRecord {
             heldout,
@@ -722,7 +742,7 @@ fn run_round(
         generate_phase(
             ctx,
             progress,
-            &model,
+            &*model,
             &samples_path,
             &dir.root,
             &pd,
@@ -750,7 +770,7 @@ fn run_round(
         let started = Instant::now();
         let eot = ctx.tok.eot();
         let heldout = doc_perplexities(
-            &model,
+            &*model,
             ctx.splits[rep]
                 .heldout
                 .iter()
@@ -773,15 +793,15 @@ fn run_round(
         let round0 = if t == 0 {
             None
         } else {
-            let path = phase_dir(&dir.root, &setting.name, n0, rep, 0).join("model.safetensors");
-            Some(load_model_on(
+            let path = phase_dir(&dir.root, &setting.name, n0, rep, 0).join(ctx.kind.model_file());
+            Some(load_model(
+                &*ctx.kind,
                 &path,
-                &ctx.device,
                 "delete it to retrain round 0",
             )?)
         };
         let generated = doc_perplexities(
-            round0.as_ref().unwrap_or(&model),
+            round0.as_deref().unwrap_or(&*model),
             toks.iter().map(Vec::as_slice),
             eot,
         )?;
@@ -917,10 +937,10 @@ fn curated_compose(
         FilterSpec::SelfScore { .. } => {
             let n0 = ctx.n0(&setting.name);
             let path =
-                phase_dir(&dir.root, &setting.name, n0, rep, t - 1).join("model.safetensors");
-            Some(load_model_on(
+                phase_dir(&dir.root, &setting.name, n0, rep, t - 1).join(ctx.kind.model_file());
+            Some(load_model(
+                &*ctx.kind,
                 &path,
-                &ctx.device,
                 "delete it to retrain that round",
             )?)
         }
@@ -959,7 +979,7 @@ fn curated_compose(
         rp,
         real,
         &synthetic,
-        scorer.as_ref().map(|m| (m, ctx.tok.eot())),
+        scorer.as_deref().map(|m| (m, ctx.tok.eot())),
         seed,
     )?;
     let kept: Vec<Document> = kept.into_iter().cloned().collect();
@@ -984,28 +1004,19 @@ fn verifier(
     progress: &Progress,
     filter: &FilterSpec,
     rep: usize,
-) -> Result<Gpt> {
+) -> Result<Box<dyn LanguageModel>> {
     let FilterSpec::Verifier { docs, steps, .. } = filter else {
         bail!("filter {} is not a verifier", filter.name());
     };
     let vd = curation::verifier_dir(&dir.root, filter.name(), rep);
     std::fs::create_dir_all(&vd).with_context(|| format!("cannot create {}", vd.display()))?;
     let _lock = dir.lock_round0(&vd)?;
-    let gcfg = curation::verifier_config(&ctx.cfg, filter, ctx.tok.vocab_size());
-    let model_path = vd.join("model.safetensors");
+    let kind = ctx
+        .models
+        .kind(&filter.verifier_model(&ctx.cfg.model), ctx.tok.vocab_size())?;
+    let model_path = vd.join(kind.model_file());
     let model = if model_path.exists() {
-        let m = load_model_on(
-            &model_path,
-            &ctx.device,
-            "delete it to retrain the verifier",
-        )?;
-        if m.config() != &gcfg {
-            bail!(
-                "{} holds a model of another config: delete it to retrain the verifier",
-                model_path.display()
-            );
-        }
-        m
+        load_model(&*kind, &model_path, "delete it to retrain the verifier")?
     } else {
         let ids: Vec<usize> = ctx.splits[rep].pool[..*docs].to_vec();
         let docs_path = vd.join("documents.json");
@@ -1024,19 +1035,18 @@ fn verifier(
         ));
         let seed = ctx.cfg.experiment.seed;
         let job = TrainJob {
+            kind: &*kind,
             init_seed: derive_seed(seed, &[&"verifier-init", &filter.name(), &rep]),
             batch_seed: derive_seed(seed, &[&"verifier-batches", &filter.name(), &rep]),
-            gcfg,
             tc: ctx.cfg.train(),
             steps: steps.map_or(ctx.cfg.training.steps.clone(), Steps::Count),
             heldout: &ctx.heldout[rep],
-            init_from: None,
         };
-        train_phase(ctx, &vd, progress, &stream, &job)?.0
+        train_phase(ctx, &vd, progress, stream, &job)?.0
     };
     let eval_path = vd.join("eval.json");
     if !eval_path.exists() {
-        let e = perplexity(&model, &ctx.heldout[rep], ctx.cfg.training.eval_batch_size)?;
+        let e = model.evaluate(&ctx.heldout[rep], ctx.cfg.training.eval_batch_size)?;
         write_json(&eval_path, &e)?;
         progress.note(&format!(
             "verifier {} held-out perplexity {:.3}",
@@ -1047,9 +1057,17 @@ fn verifier(
     Ok(model)
 }
 
-/// What one training phase trains: the model's shape, the training settings, and its seeds.
+/// A round's model (or a verifier's) saved in the run directory, checked against its SHA-256 and its kind's
+/// configuration; `remedy` ends the error line.
+fn load_model(kind: &dyn ModelKind, path: &Path, remedy: &str) -> Result<Box<dyn LanguageModel>> {
+    let bytes = read_verified(path, remedy)?;
+    kind.load(&bytes, &path.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{e}: {remedy}"))
+}
+
+/// What one training phase trains: the kind of model, the training settings, and its seeds.
 struct TrainJob<'a> {
-    gcfg: GptConfig,
+    kind: &'a dyn ModelKind,
     tc: TrainConfig,
     /// How many steps, given the stream's tokens.
     steps: Steps,
@@ -1057,52 +1075,20 @@ struct TrainJob<'a> {
     heldout: &'a [u32],
     init_seed: u64,
     batch_seed: u64,
-    /// Weights to start from instead of a random initialisation (`model.init_from`).
-    init_from: Option<String>,
 }
 
-/// Round `t`'s training job: the run's model and settings, seeds keyed by (repetition, round).
-fn round_job(ctx: &Ctx, rep: usize, t: usize) -> TrainJob<'_> {
+/// Round `t`'s training job: the run's model kind and settings, seeds keyed by (repetition, round).
+fn round_job<'a>(ctx: &'a Ctx, rep: usize, t: usize) -> TrainJob<'a> {
     let cfg = &ctx.cfg;
     let seed = cfg.experiment.seed;
     TrainJob {
-        gcfg: cfg.gpt(ctx.tok.vocab_size()),
+        kind: &*ctx.kind,
         tc: cfg.train(),
         steps: cfg.training.steps.clone(),
         heldout: &ctx.heldout[rep],
         init_seed: derive_seed(seed, &[&"init", &rep, &t]),
         batch_seed: derive_seed(seed, &[&"batches", &rep, &t]),
-        init_from: cfg.model.init_from.clone(),
     }
-}
-
-/// The weights every round starts from under `model.init_from`, with the run's dropout; a model of another
-/// shape than the config's is refused with both shapes.
-fn initial_model(cfg: &Config, device: &Device, vocab_size: usize, path: &str) -> Result<Gpt> {
-    let mut m = load_model_on(Path::new(path), device, "fix model.init_from")
-        .with_context(|| format!("model.init_from = {path:?}"))?;
-    let want = cfg.gpt(vocab_size);
-    let got = m.config().clone();
-    let shape = |c: &gpt::GptConfig| {
-        (
-            c.vocab_size,
-            c.block_size,
-            c.n_layer,
-            c.n_head,
-            c.n_embd,
-            c.bias,
-        )
-    };
-    if shape(&got) != shape(&want) {
-        bail!(
-            "model.init_from = {path:?} is a model of vocab {}, block_size {}, {} layers, {} heads, n_embd {}, bias {}; \
-             the config's [model] (and tokenizer) say vocab {}, block_size {}, {} layers, {} heads, n_embd {}, bias {}",
-            got.vocab_size, got.block_size, got.n_layer, got.n_head, got.n_embd, got.bias,
-            want.vocab_size, want.block_size, want.n_layer, want.n_head, want.n_embd, want.bias
-        );
-    }
-    m.set_dropout(want.dropout);
-    Ok(m)
 }
 
 /// D_t as one token stream: each document's tokens in manifest order, each followed by `<|endoftext|>` (but
@@ -1156,65 +1142,45 @@ fn train_phase(
     ctx: &Ctx,
     rd: &Path,
     progress: &Progress,
-    stream: &[u32],
+    stream: Vec<u32>,
     job: &TrainJob,
-) -> Result<(Gpt, TrainRecord)> {
+) -> Result<(Box<dyn LanguageModel>, TrainRecord)> {
     let cfg = &ctx.cfg;
     let mut tc = job.tc.clone();
-    let gcfg = job.gcfg.clone();
     // Planned from D_t's tokens before the first step, so a resumed round plans the same number.
     tc.steps = job
         .steps
-        .for_tokens(stream.len(), tc.batch_size, gcfg.block_size);
-    let batch_seed = job.batch_seed;
-    let (mut trainer, mut losses, mut heldout, wall_before) =
+        .for_tokens(stream.len(), tc.batch_size, cfg.model.block_size);
+    let train_tokens = stream.len();
+    let sha = stream_sha256(&stream);
+    let lm_job = lm::TrainJob {
+        settings: tc.clone(),
+        init_seed: job.init_seed,
+        batch_seed: job.batch_seed,
+        stream,
+    };
+    let (mut training, mut losses, mut heldout, wall_before) =
         if let Some((ck, _)) = latest_checkpoint(rd) {
             let bad = || format!("delete {} to redo this round's training", ck.display());
             let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
-            let model = load_model_on(&ck.join("model.safetensors"), &ctx.device, &bad())?;
-            if model.config() != &gcfg {
-                bail!(
-                    "{} holds a model of another config: {}",
-                    ck.display(),
-                    bad()
-                );
-            }
-            let opt_path = ck.join("optimizer.safetensors");
-            let opt = AdamW::from_safetensors(
-                &read_verified(&opt_path, &bad())?,
-                &opt_path.display().to_string(),
-                model.params(),
-            )
-            .with_context(|| format!("{} is unreadable: {}", opt_path.display(), bad()))?;
-            if opt.steps_taken() != st.step {
-                bail!(
-                "{}: optimizer at step {}, state says {}: delete the checkpoint to redo training",
-                ck.display(),
-                opt.steps_taken(),
-                st.step
-            );
-            }
+            let parts = job
+                .kind
+                .parts()
+                .iter()
+                .map(|name| Ok((*name, read_verified(&ck.join(name), &bad())?)))
+                .collect::<Result<Vec<_>>>()?;
+            let training = job
+                .kind
+                .resume(lm_job, &parts, st.step)
+                .map_err(|e| anyhow::anyhow!("{}: {e}: {}", ck.display(), bad()))?;
             progress.note(&format!("resuming training at step {}", st.step));
-            (
-                Trainer::resume(model, opt, tc.clone(), batch_seed)?,
-                st.losses,
-                st.heldout,
-                st.wall_s,
-            )
+            (training, st.losses, st.heldout, st.wall_s)
         } else {
-            let model = match &job.init_from {
-                Some(init) => initial_model(cfg, &ctx.device, ctx.tok.vocab_size(), init)?,
-                None => Gpt::new(&gcfg, job.init_seed, DType::F32, &ctx.device)?,
-            };
-            (
-                Trainer::new(model, tc.clone(), batch_seed)?,
-                Vec::new(),
-                Vec::new(),
-                0.0,
-            )
+            let training = job.kind.start(lm_job).map_err(|e| {
+                anyhow::anyhow!("cannot train on the corpus of {}: {e}", rd.display())
+            })?;
+            (training, Vec::new(), Vec::new(), 0.0)
         };
-    let batcher = Batcher::new(stream, gcfg.block_size, tc.batch_size, batch_seed)
-        .with_context(|| format!("the corpus of {} is too small to train on", rd.display()))?;
     // The held-out curve (nanoGPT's eval_interval): exact mean NLL over the first `eval_tokens` held-out
     // tokens. It draws nothing random, so it leaves training bit-identical.
     let every = cfg.training.eval_every;
@@ -1223,22 +1189,25 @@ fn train_phase(
         (_, 0) => Some(job.heldout),
         (_, n) => Some(&job.heldout[..n.min(job.heldout.len())]),
     };
-    let eval_now = |model: &Gpt| -> Result<f64> {
+    let eval_now = |t: &dyn Training| -> Result<f64> {
         let toks = curve_tokens.expect("asked only with a curve");
-        Ok(perplexity(model, toks, cfg.training.eval_batch_size)?.mean_nll)
+        Ok(t.evaluate(toks, cfg.training.eval_batch_size)?.mean_nll)
     };
-    if curve_tokens.is_some() && trainer.step() == 0 && heldout.is_empty() {
-        heldout.push((0, eval_now(&trainer.model)?));
+    if curve_tokens.is_some() && training.step() == 0 && heldout.is_empty() {
+        heldout.push((0, eval_now(&*training)?));
     }
     progress.phase("train", tc.steps);
     let started = Instant::now();
-    let tokens_per_step = (tc.batch_size * gcfg.block_size) as f64;
+    let tokens_per_step = (tc.batch_size * cfg.model.block_size) as f64;
     let mut last_loss = losses.last().map_or(f64::NAN, |l| l.1);
-    while trainer.step() < tc.steps {
-        let loss = trainer.train_step(&batcher)?;
-        let step = trainer.step();
-        if step % cfg.training.log_every == 0 || step == tc.steps {
-            last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    while training.step() < tc.steps {
+        // The loss is read (a device synchronises) only when it is logged.
+        let next = training.step() + 1;
+        let log = next % cfg.training.log_every == 0 || next == tc.steps;
+        let loss = training.train_step(log)?;
+        let step = training.step();
+        if let Some(loss) = loss {
+            last_loss = loss;
             losses.push((step, last_loss));
             let tps = tokens_per_step * step as f64
                 / (started.elapsed().as_secs_f64() + wall_before).max(1e-9);
@@ -1249,12 +1218,12 @@ fn train_phase(
             );
         }
         if curve_tokens.is_some() && (step % every == 0 || step == tc.steps) {
-            heldout.push((step, eval_now(&trainer.model)?));
+            heldout.push((step, eval_now(&*training)?));
         }
         if step % cfg.training.checkpoint_every == 0 && step < tc.steps {
             save_checkpoint(
                 rd,
-                &trainer,
+                &*training,
                 &losses,
                 &heldout,
                 wall_before + started.elapsed().as_secs_f64(),
@@ -1263,27 +1232,26 @@ fn train_phase(
     }
     let rec = TrainRecord {
         steps: tc.steps,
-        train_tokens: stream.len(),
+        train_tokens,
         final_loss: last_loss,
         losses,
         heldout,
-        stream_sha256: Some(stream_sha256(stream)),
+        stream_sha256: Some(sha),
         wall_s: wall_before + started.elapsed().as_secs_f64(),
     };
     write_json(&rd.join("train.json"), &rec)?;
+    // The model is its kind's first part; the rest (an optimizer's state) is kept only when asked.
+    let parts = training.parts()?;
+    let (model_part, rest) = parts.split_first().context("a training without a model")?;
     if cfg.training.keep_optimizer_state {
-        write_verified(
-            &rd.join("optimizer.safetensors"),
-            &trainer.opt.to_safetensors()?,
-        )?;
+        for (name, bytes) in rest {
+            write_verified(&rd.join(name), bytes)?;
+        }
     }
-    write_verified(
-        &rd.join("model.safetensors"),
-        &trainer.model.to_safetensors()?,
-    )
-    .context("cannot write the round's model")?;
+    write_verified(&rd.join(model_part.0), &model_part.1)
+        .context("cannot write the round's model")?;
     remove_checkpoints(rd, None)?;
-    Ok((trainer.model, rec))
+    Ok((training.into_model(), rec))
 }
 
 /// Writes model, optimizer and training state into a new directory and renames it into place: a crash at
@@ -1291,30 +1259,24 @@ fn train_phase(
 /// written beside it.
 fn save_checkpoint(
     rd: &Path,
-    trainer: &Trainer,
+    training: &dyn Training,
     losses: &[(u64, f64)],
     heldout: &[(u64, f64)],
     wall_s: f64,
 ) -> Result<()> {
-    let name = format!("ckpt-{}", trainer.step());
+    let name = format!("ckpt-{}", training.step());
     let partial = rd.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    write_verified(
-        &partial.join("model.safetensors"),
-        &trainer.model.to_safetensors()?,
-    )
-    .context("cannot write a training checkpoint")?;
-    write_verified(
-        &partial.join("optimizer.safetensors"),
-        &trainer.opt.to_safetensors()?,
-    )
-    .context("cannot write a training checkpoint")?;
+    for (file, bytes) in training.parts()? {
+        write_verified(&partial.join(file), &bytes)
+            .context("cannot write a training checkpoint")?;
+    }
     write_json(
         &partial.join("state.json"),
         &TrainState {
-            step: trainer.step(),
+            step: training.step(),
             losses: losses.to_vec(),
             heldout: heldout.to_vec(),
             wall_s,
@@ -1342,7 +1304,7 @@ fn remove_checkpoints(rd: &Path, keep: Option<&str>) -> Result<()> {
 fn generate_phase(
     ctx: &Ctx,
     progress: &Progress,
-    model: &Gpt,
+    model: &dyn LanguageModel,
     path: &Path,
     root: &Path,
     rd: &Path,
@@ -1351,7 +1313,7 @@ fn generate_phase(
     t: usize,
 ) -> Result<()> {
     let cfg = &ctx.cfg;
-    let gc = cfg.generate(ctx.tok.eot(), ctx.max_new_tokens);
+    let sampling = cfg.sampling(ctx.tok.eot(), ctx.max_new_tokens);
     let prompt = if cfg.generation.prompt == EOT_PROMPT {
         vec![ctx.tok.eot()]
     } else {
@@ -1365,7 +1327,7 @@ fn generate_phase(
     }
     let seed = derive_seed(cfg.experiment.seed, &[&"generate", &rep, &t]);
     let model_ref = rd
-        .join("model.safetensors")
+        .join(ctx.kind.model_file())
         .strip_prefix(root)
         .map(Path::to_path_buf)
         .unwrap_or_default();
@@ -1396,7 +1358,7 @@ fn generate_phase(
             .batch_size
             .min(count - kept)
             .min(max_draws - drawn);
-        let seqs = gpt::generate(model, &prompt, n, &gc, seed, drawn as u64)?;
+        let seqs = model.generate(&prompt, n, &sampling, seed, drawn as u64)?;
         for (i, s) in seqs.into_iter().enumerate() {
             new_tokens += s.len();
             let truncated = s.len() >= cap;
@@ -1543,9 +1505,9 @@ pub fn refresh_generation_stats(root: &Path, cfg: &Config, row: &mut MetricsRow)
         phase_dir(root, &row.setting, n0, row.repetition, row.round).join("samples.jsonl.zst");
     let (_, samples) = read_samples_file(&path)?;
     // Candidate counts depend on the schedule alone, not on the pool.
-    let candidates = match spec.curation {
-        Some(_) => Some(curation::candidate_counts(cfg, &spec, &plan)?),
-        None => None,
+    let candidates = match (&spec.curation, &cfg.curation) {
+        (Some(_), Some(c)) => Some(candidate_counts(c.max_candidates, &spec, &plan)?),
+        _ => None,
     };
     let own = to_generate_after(&plan, candidates.as_deref(), row.round).max(want);
     // Rows old enough to need this predate "auto": their config names the cap.
@@ -1604,13 +1566,13 @@ struct TailsRecord {
 }
 
 /// Per-document perplexity of each document under `model`, scored as in training (see
-/// [`score_document`]).
+/// [`LanguageModel::score`]).
 fn doc_perplexities<'a>(
-    model: &Gpt,
+    model: &dyn LanguageModel,
     docs: impl Iterator<Item = &'a [u32]>,
     eot: u32,
 ) -> Result<Vec<f64>> {
-    docs.map(|d| Ok(score_document(model, d, eot, false)?.mean_nll.exp()))
+    docs.map(|d| Ok(model.score(d, eot, false)?.mean_nll.exp()))
         .collect()
 }
 
@@ -1742,65 +1704,48 @@ pub fn default_out(config: &Path) -> PathBuf {
     PathBuf::from("runs").join(stem)
 }
 
-#[derive(clap::Args, Debug)]
+/// What `calibrate` trains: the config (with the command line's overrides applied) and its choices.
+#[derive(Debug, Clone)]
 pub struct CalibrateArgs {
-    /// The experiment's TOML config.
-    pub config: PathBuf,
+    pub config: Config,
+    /// Where the config came from (names the default directory).
+    pub config_path: PathBuf,
     /// Steps to train round 0 for (default: 4 x the steps the config gives round 0).
-    #[arg(long)]
     pub steps: Option<u64>,
     /// Held-out loss every this many steps (default: steps / 50).
-    #[arg(long)]
     pub eval_every: Option<u64>,
     /// The repetition whose split and seeds to use (default: the config's `repetitions`, the first one the
     /// experiment does not run).
-    #[arg(long)]
     pub rep: Option<usize>,
     /// Where to keep the calibration (default: runs/<config name>-calibrate).
-    #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, env = "COLLAPSE_DATA")]
-    pub data: Option<String>,
-    #[arg(long, env = "COLLAPSE_TOKENIZER")]
-    pub tokenizer: Option<String>,
-    /// cpu, cuda or cuda:N (overrides the config's).
-    #[arg(long)]
-    pub device: Option<String>,
 }
 
 /// What `calibrate` found, written to `calibration.json`.
 #[derive(Debug, Serialize)]
-struct Calibration {
-    repetition: usize,
-    documents: usize,
-    train_tokens: usize,
-    tokens_per_step: usize,
-    steps: u64,
+pub struct Calibration {
+    pub repetition: usize,
+    pub documents: usize,
+    pub train_tokens: usize,
+    pub tokens_per_step: usize,
+    pub steps: u64,
     /// What the config gives round 0.
-    config_steps: u64,
-    config_heldout_nll: Option<f64>,
-    best_step: u64,
-    best_heldout_nll: f64,
+    pub config_steps: u64,
+    pub config_heldout_nll: Option<f64>,
+    pub best_step: u64,
+    pub best_heldout_nll: f64,
     /// Passes over round 0's tokens at the best step: the value for `steps = { passes = ... }`.
-    best_passes: f64,
-    heldout: Vec<(u64, f64)>,
-    losses: Vec<(u64, f64)>,
+    pub best_passes: f64,
+    pub heldout: Vec<(u64, f64)>,
+    pub losses: Vec<(u64, f64)>,
 }
 
 /// Trains round 0 of one repetition with the held-out curve and says where it is lowest. With a constant
 /// learning rate a longer run passes through exactly the states of a shorter one (every batch is keyed by
 /// its step), so the curve gives round 0's held-out loss at any step count up to `steps`.
-pub fn calibrate(a: CalibrateArgs) -> Result<()> {
-    let mut cfg = Config::load(&a.config)?;
-    if let Some(d) = a.data {
-        cfg.data.source = d;
-    }
-    if let Some(t) = a.tokenizer {
-        cfg.data.tokenizer = t;
-    }
-    if let Some(d) = a.device {
-        cfg.experiment.device = d;
-    }
+/// Returns what it found (also in `OUT/calibration.json`) and the directory OUT.
+pub fn calibrate(a: CalibrateArgs, models: &dyn Models) -> Result<(Calibration, PathBuf)> {
+    let mut cfg = a.config;
     let rep = a.rep.unwrap_or(cfg.experiment.repetitions);
     cfg.experiment.repetitions = rep + 1;
     if a.eval_every == Some(0) {
@@ -1809,13 +1754,13 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     // The curve is what this is for; its interval is fixed below once the steps are known.
     cfg.training.eval_every = a.eval_every.unwrap_or(1);
     let out = a.out.unwrap_or_else(|| {
-        let mut p = default_out(&a.config).into_os_string();
+        let mut p = default_out(&a.config_path).into_os_string();
         p.push("-calibrate");
         PathBuf::from(p)
     });
-    let device = crate::device::parse_device(&cfg.experiment.device)?;
+    check_models(&cfg, models)?;
     let dir = RunDir::open(&out, &cfg)?;
-    let mut ctx = prepare(cfg, &dir, device)?;
+    let mut ctx = prepare(cfg, &dir, models)?;
     let setting = ctx.cfg.settings()?.remove(0);
     let rp = ctx.plans[&setting.name].rounds[0].clone();
     let ids = &ctx.splits[rep].pool[rp.pool_offset..rp.pool_offset + rp.fresh];
@@ -1843,7 +1788,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let rec = if cd.join("train.json").exists() {
         read_json::<TrainRecord>(&cd.join("train.json"))?
     } else {
-        train_phase(&ctx, &cd, &progress, &stream, &job)?.1
+        train_phase(&ctx, &cd, &progress, stream.clone(), &job)?.1
     };
     progress.finish_round();
     progress.finish();
@@ -1872,30 +1817,5 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         &out.join("calibration.json"),
         serde_json::to_string_pretty(&cal)?.as_bytes(),
     )?;
-    crate::report::curve_plot(
-        &out.join("calibration"),
-        &format!(
-            "Round 0 of repetition {rep}: {} documents, {} tokens",
-            cal.documents, cal.train_tokens
-        ),
-        "training step",
-        "mean NLL per token (nats)",
-        &[
-            ("held-out".to_string(), rec.heldout.clone()),
-            ("training (batch)".to_string(), rec.losses.clone()),
-        ],
-    )?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "best_step": cal.best_step,
-            "best_heldout_nll": cal.best_heldout_nll,
-            "best_passes": cal.best_passes,
-            "config_steps": cal.config_steps,
-            "config_heldout_nll": cal.config_heldout_nll,
-            "train_tokens": cal.train_tokens,
-            "file": out.join("calibration.json"),
-        })
-    );
-    Ok(())
+    Ok((cal, out))
 }

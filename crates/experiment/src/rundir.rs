@@ -137,15 +137,39 @@ pub fn round_dir(root: &Path, setting: &str, rep: usize, round: usize) -> PathBu
 /// the previous file or the new one. For files nothing reads back (reports, the metrics index); whatever a
 /// run reads back goes through [`write_verified`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    gpt::atomic_write(path, bytes).with_context(|| {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    persist(dir, path, bytes).with_context(|| {
         format!(
             "cannot write {} (disk full or not writable?)",
             path.display()
         )
     })
+}
+
+/// The temporary file gets a random name (several processes, on several nodes of a shared file system, may
+/// write the same file) and the permissions of any other new file, 0666 less the umask (tempfile's 0600 would
+/// hide a shared run directory from the rest of a cluster group).
+fn persist(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// `FILE.sha256` beside `FILE`, in `sha256sum` format, so `sha256sum -c` checks a run directory by hand too.
