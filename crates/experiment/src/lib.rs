@@ -6,21 +6,30 @@
 //! tensors, devices or any model's internals, and nothing of command lines, plots or reports (the `report`
 //! crate reads a run through [`frozen_config`] and [`collect_metrics`]).
 
+mod calibrate;
 pub mod config;
-mod curation;
+mod context;
+mod metrics;
 mod models;
-mod pipeline;
+mod phases;
+mod plan;
 pub mod progress;
+mod round;
 pub mod rundir;
+mod samples;
 pub mod slurm;
+mod status;
 pub mod workers;
 
+pub use calibrate::{calibrate, CalibrateArgs, Calibration};
 pub use config::Config;
-pub use curation::{verifier_dir, CurationMetrics};
+pub use context::check_models;
+pub use metrics::{collect_metrics, MetricsRow};
 pub use models::Models;
-pub use pipeline::{
-    calibrate, chains, check_models, collect_metrics, default_out, derive_seed, parse_only,
-    phase_dir, read_samples_file, refresh_generation_stats, run, status, stream_sha256,
-    CalibrateArgs, Calibration, GenerationStats, MetricsRow, Sample, Selection, TrainRecord,
-};
-pub use rundir::{frozen_config, read_json, read_verified, write_atomic, RunDir};
+pub use phases::curate::{verifier_dir, CurationMetrics};
+pub use phases::train::{stream_sha256, TrainRecord};
+pub use plan::{chains, default_out, derive_seed, parse_only, Selection};
+pub use round::run;
+pub use rundir::{frozen_config, phase_dir, read_json, read_verified, write_atomic, RunDir};
+pub use samples::{read_samples_file, refresh_generation_stats, GenerationStats, Sample};
+pub use status::status;

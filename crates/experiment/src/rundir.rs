@@ -242,3 +242,23 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         )
     })
 }
+
+/// The repetition's round 0, shared by every setting whose schedule starts with `n0` documents: its
+/// manifest, model, evaluation and samples are the same for all of them (every random draw is keyed by
+/// repetition and round, never by setting), so they are computed once.
+pub fn shared_round0_dir(root: &Path, n0: usize, rep: usize) -> PathBuf {
+    root.join("round-0")
+        .join(format!("n-{n0}"))
+        .join(format!("rep-{rep}"))
+}
+
+/// Where round `t` of a chain keeps the files of its phases (all but its metrics): the shared round 0, or
+/// the chain's own round directory. Run directories from before the sharing keep round 0 in each chain.
+pub fn phase_dir(root: &Path, setting: &str, n0: usize, rep: usize, t: usize) -> PathBuf {
+    let own = round_dir(root, setting, rep, t);
+    if t > 0 || own.join("manifest.json").exists() {
+        own
+    } else {
+        shared_round0_dir(root, n0, rep)
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::pipeline::{chains, parse_only};
+use crate::plan::{chains, parse_only};
 use crate::rundir::{write_atomic, RunDir};
 
 /// What the job array runs and asks Slurm for.

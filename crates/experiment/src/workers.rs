@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::pipeline::{chains, Selection};
+use crate::plan::{chains, Selection};
 
 /// What every worker is given beside its chain.
 pub struct WorkerArgs<'a> {
