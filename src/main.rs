@@ -6,9 +6,6 @@ mod bench;
 mod device;
 mod gpucheck;
 mod models;
-mod report;
-mod stats;
-mod theory;
 mod tools;
 
 use std::path::PathBuf;
@@ -92,8 +89,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Calibrate round 0's training length: train it on one repetition with the held-out loss every few steps,
-    /// and report the step where held-out loss is lowest (the paper's "going beyond leads to over-fitting").
+    /// Find round 0's training length: where its held-out loss is lowest.
+    ///
+    /// Trains round 0 of one repetition with the held-out loss every few steps and reports the step where
+    /// it is lowest (the paper's "going beyond leads to over-fitting"), and the passes that step makes.
     #[command(
         after_help = "Example:\n  collapse-lab calibrate configs/setting3-a-small.toml --steps 1000 --eval-every 20 --out runs/calibrate-small\n\nIt trains on a repetition the experiment does not use (by default the config's `repetitions`, the first one past its own), so the choice it informs is made before any of the experiment's results."
     )]
@@ -361,7 +360,7 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Theory { config, out } => {
             let cfg = experiment::Config::load(&config)?;
             let out = out.unwrap_or_else(|| experiment::default_out(&config));
-            let dir = theory::run(&cfg, &out)?;
+            let dir = report::theory::run(&cfg, &out)?;
             println!("{}", dir.join("report.html").display());
             Ok(())
         }

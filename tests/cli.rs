@@ -173,6 +173,37 @@ fn killed_and_resumed_runs_give_bit_identical_metrics() {
     assert_eq!(acc["synthetic_docs"], 12);
 }
 
+/// `--help` gives every command its own one-line description.
+#[test]
+fn help_describes_every_command() {
+    let f = Fixture::new();
+    let o = f.run(&["--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    let commands: Vec<(&str, &str)> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            l.trim()
+                .split_once(' ')
+                .map_or((l.trim(), ""), |(c, d)| (c, d.trim()))
+        })
+        .collect();
+    assert!(commands.len() >= 13, "{help}");
+    for (c, d) in &commands {
+        assert!(!d.is_empty(), "{c} has no description: {help}");
+    }
+    let mut descriptions: Vec<&str> = commands.iter().map(|c| c.1).collect();
+    descriptions.sort();
+    descriptions.dedup();
+    assert_eq!(
+        descriptions.len(),
+        commands.len(),
+        "two commands share a description: {help}"
+    );
+}
+
 #[test]
 fn report_and_status_work_on_a_partial_run() {
     let f = Fixture::tiny();

@@ -1,4 +1,4 @@
-//! `collapse-lab theory CONFIG --out DIR`: the config's schedules (the same ones its GPT run uses) through
+//! The theory page (`collapse-lab theory CONFIG --out DIR`): the config's schedules (the same ones its GPT run uses) through
 //! the statistical model of its `[theory]` section: the exact risk recurrence where one exists (categorical)
 //! and the Monte Carlo mean with its 95% band, written like a run's metrics, plotted (log risk against round,
 //! one panel per size schedule and accumulation) and shown on a page.
@@ -11,7 +11,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 use theory::{categorical_risk, simulate, unlimited_plan, Filter, ModelClass};
 
-use crate::report::{html_table, log_ticks, plot_err, svg_to_png, COLORS};
+use crate::charts::{log_ticks, plot_err, svg_to_png, COLORS};
+use crate::page::html_table;
 use experiment::{write_atomic, Config};
 
 /// One row of the theory's metrics: a (schedule, round).
