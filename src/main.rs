@@ -254,6 +254,13 @@ fn execute(cli: Cli) -> Result<()> {
                 for d in &devices {
                     device::parse_device(d)?;
                 }
+                // A bad [model] is one line here, not one per worker; validating needs no device.
+                experiment::check_models(
+                    &cfg,
+                    &models::RunModels {
+                        device: candle_core::Device::Cpu,
+                    },
+                )?;
                 // Freeze the config (or refuse a different one) before any worker starts.
                 experiment::RunDir::open(&out, &cfg)?;
                 let args = experiment::workers::WorkerArgs {

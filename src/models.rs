@@ -1,5 +1,6 @@
 //! The mapping from a config's `[model]` to an implementation of the pipeline's model seam: the one place
-//! that names a model crate. Today every `[model]` is the GPT (`train::GptKind` on the run's device).
+//! that names a model crate. `kind = "gpt"` (the default) is `train::GptKind` on the run's device;
+//! `kind = "ngram"` is `ngram::NgramKind`, configured by `[model.ngram]`.
 
 use std::path::Path;
 
@@ -7,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use experiment::config::ModelSection;
 use gpt::GptConfig;
+use ngram::{NgramConfig, NgramKind, Smoothing};
+use serde::Deserialize;
 use train::GptKind;
 
 use crate::tools::load_model_on;
@@ -29,12 +32,68 @@ pub fn gpt_config(m: &ModelSection, vocab_size: usize) -> GptConfig {
     }
 }
 
+/// `[model.ngram]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NgramSection {
+    order: usize,
+    /// `{ kind = "none" }`, `{ kind = "add-k", k = K }` or `{ kind = "kneser-ney", discount = D }` (D 0.75
+    /// unless given; `base = "uniform"`, the default, or `"continuation"`).
+    smoothing: Smoothing,
+    /// The risk averages over the whole corpus's this many most frequent contexts.
+    #[serde(default = "default_risk_contexts")]
+    risk_contexts: usize,
+}
+
+fn default_risk_contexts() -> usize {
+    10_000
+}
+
+fn ngram_section(m: &ModelSection) -> Result<NgramSection> {
+    let table = m
+        .ngram
+        .clone()
+        .context("kind = \"ngram\" needs a [model.ngram] section (order, smoothing)")?;
+    let s: NgramSection = toml::Value::Table(table)
+        .try_into()
+        .context("invalid [model.ngram] section")?;
+    if s.risk_contexts == 0 {
+        bail!("model.ngram.risk_contexts must be at least 1");
+    }
+    Ok(s)
+}
+
+fn ngram_config(s: &NgramSection, vocab_size: usize) -> NgramConfig {
+    NgramConfig {
+        order: s.order,
+        smoothing: s.smoothing,
+        vocab_size,
+    }
+}
+
 impl experiment::Models for RunModels {
     fn validate(&self, m: &ModelSection) -> Result<()> {
-        Ok(gpt_config(m, 1).validate()?)
+        match m.kind.as_str() {
+            "gpt" => {
+                if m.ngram.is_some() {
+                    bail!("[model.ngram] is for kind = \"ngram\"; this [model] is a GPT");
+                }
+                Ok(gpt_config(m, 1).validate()?)
+            }
+            "ngram" => Ok(ngram_config(&ngram_section(m)?, 1).validate()?),
+            other => bail!("model.kind {other:?} is not a kind of model: use \"gpt\" or \"ngram\""),
+        }
     }
 
     fn kind(&self, m: &ModelSection, vocab_size: usize) -> Result<Box<dyn lm::ModelKind>> {
+        self.validate(m)?;
+        if m.kind == "ngram" {
+            let s = ngram_section(m)?;
+            return Ok(Box::new(NgramKind {
+                config: ngram_config(&s, vocab_size),
+                risk_contexts: s.risk_contexts,
+            }));
+        }
         let config = gpt_config(m, vocab_size);
         config.validate()?;
         let kind = GptKind::new(config.clone(), self.device.clone());

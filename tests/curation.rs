@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 mod common;
-use common::{error_line, metrics, stderr, SampleDir as Fixture};
+use common::{error_line, metrics, stderr, SampleDir as Fixture, FILTERS};
 
 const BASE: &str = r#"[model]
 n_layer = 1
@@ -44,53 +44,6 @@ settings = ["synthetic-only", "fixed-alpha"]
 [experiment]
 repetitions = 1
 seed = 11
-"#;
-
-const FILTERS: &str = r#"
-[curation]
-max_candidates = 20
-
-[[curation.filters]]
-name = "none"
-kind = "none"
-
-[[curation.filters]]
-name = "oracle"
-kind = "oracle"
-e1 = 0.1
-e2 = 0.3
-
-[[curation.filters]]
-name = "verifier"
-kind = "verifier"
-docs = 30
-steps = 20
-fraction = 0.5
-
-[[curation.filters]]
-name = "self-nll"
-kind = "self"
-score = "nll"
-keep = "confident"
-fraction = 0.5
-
-[[curation.filters]]
-name = "self-entropy"
-kind = "self"
-score = "entropy"
-keep = "unconfident"
-fraction = 0.4
-
-[[curation.filters]]
-name = "diversity"
-kind = "diversity"
-ngram = 2
-fraction = 0.5
-
-[[curation.filters]]
-name = "longest"
-kind = "longest"
-fraction = 0.5
 "#;
 
 fn setting_is(row: &Value, base: &str) -> bool {

@@ -332,12 +332,14 @@ rounds = [1, 2]
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(run.join("report/summary.md")).unwrap();
     assert!(
-        md.contains("### Endpoint f: the share of the doubling gain"),
+        md.contains("### Endpoint f (held-out mean NLL): the share of the doubling gain"),
         "{md}"
     );
     assert!(md.contains("| f | 2 |"), "{md}");
     assert!(
-        md.contains("### Endpoint s3-vs-fresh: decaying-alpha - fresh-only by round"),
+        md.contains(
+            "### Endpoint s3-vs-fresh (held-out mean NLL): decaying-alpha - fresh-only by round"
+        ),
         "{md}"
     );
     assert!(

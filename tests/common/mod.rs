@@ -90,3 +90,51 @@ pub fn metrics(dir: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// A `[curation]` section with one filter of every kind, for the tests that run them all.
+pub const FILTERS: &str = r#"
+[curation]
+max_candidates = 20
+
+[[curation.filters]]
+name = "none"
+kind = "none"
+
+[[curation.filters]]
+name = "oracle"
+kind = "oracle"
+e1 = 0.1
+e2 = 0.3
+
+[[curation.filters]]
+name = "verifier"
+kind = "verifier"
+docs = 30
+steps = 20
+fraction = 0.5
+
+[[curation.filters]]
+name = "self-nll"
+kind = "self"
+score = "nll"
+keep = "confident"
+fraction = 0.5
+
+[[curation.filters]]
+name = "self-entropy"
+kind = "self"
+score = "entropy"
+keep = "unconfident"
+fraction = 0.4
+
+[[curation.filters]]
+name = "diversity"
+kind = "diversity"
+ngram = 2
+fraction = 0.5
+
+[[curation.filters]]
+name = "longest"
+kind = "longest"
+fraction = 0.5
+"#;

@@ -34,6 +34,8 @@ pub(crate) struct Ctx<'m> {
     pub candidates: HashMap<String, Vec<RoundCandidates>>,
     /// `generation.max_new_tokens` resolved for this corpus and tokenizer.
     pub max_new_tokens: usize,
+    /// What the kind measures its models' risk against, from the whole corpus (kinds that have one).
+    pub reference: Option<std::sync::Arc<dyn lm::Reference>>,
 }
 
 /// The run's `[model]` and every verifier's, checked by their kind before anything runs.
@@ -119,6 +121,13 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
     };
     // Made (and `model.init_from` read and checked) once, before any round.
     let kind = models.kind(&cfg.model, tok.vocab_size())?;
+    // The whole corpus, every document followed by its end-of-text, for kinds that measure a risk.
+    let reference = if kind.wants_reference() {
+        eprintln!("[collapse-lab] counting the whole corpus for the model's risk");
+        kind.reference(&token_stream(doc_tokens.iter().map(Vec::as_slice), eot))?
+    } else {
+        None
+    };
     let pool_len = n - cfg.data.heldout_docs;
     let mut plans = HashMap::new();
     for s in cfg.settings()? {
@@ -154,6 +163,7 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
         plans,
         candidates,
         max_new_tokens,
+        reference,
     })
 }
 

@@ -32,8 +32,10 @@ pub struct MetricsRow {
     pub train_tokens: usize,
     pub train_steps: u64,
     pub final_train_loss: f64,
+    #[serde(with = "lm::float")]
     pub heldout_perplexity: f64,
     pub heldout_tokens: usize,
+    #[serde(default, with = "lm::float::option")]
     pub second_perplexity: Option<f64>,
     pub generated_docs: usize,
     /// The text statistics below are of the round's first `stats_docs` generated documents, the same number
@@ -74,36 +76,52 @@ pub struct MetricsRow {
     pub gen_carry: Option<String>,
     #[serde(default)]
     pub gen_drawn: usize,
+    /// The model's risk against its kind's reference (an n-gram's distance from the whole corpus's
+    /// conditional distributions, see the ngram crate); absent for kinds without one.
+    #[serde(default)]
+    pub model_risk: Option<f64>,
+    /// Tokens of D_t's real documents, each with its separator (the rest of `train_tokens` was generated):
+    /// the realised counts the order-1 n-gram's bridge to the categorical recurrence needs.
+    #[serde(default)]
+    pub real_tokens: Option<usize>,
+    /// c = 1 - ‖q‖² of the reference distribution q, where the risk is one categorical estimate's (an
+    /// order-1 n-gram): the constant of the paper's recurrence.
+    #[serde(default)]
+    pub categorical_c: Option<f64>,
+    /// Tokens of every document of the source, each with its separator: with the held-out tokens, the size
+    /// of the pool fresh documents are drawn from (without replacement, which the bridge accounts for).
+    #[serde(default)]
+    pub corpus_tokens: Option<usize>,
     /// Passes over D_t's tokens: steps x batch x block / train_tokens.
     #[serde(default)]
     pub train_passes: Option<f64>,
     /// With `training.eval_every`: the step of the lowest held-out mean NLL during training, and that NLL.
     #[serde(default)]
     pub heldout_best_step: Option<u64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_best_nll: Option<f64>,
     /// The tails: quantiles (5, 25, 50, 75, 95%) of per-document perplexity of the held-out plots under this
     /// round's model, and of the round's first `stats_docs` generated plots under the repetition's round-0
     /// model. Absent from rows written before them.
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_doc_ppl_q05: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_doc_ppl_q25: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_doc_ppl_q50: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_doc_ppl_q75: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub heldout_doc_ppl_q95: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub gen_round0_ppl_q05: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub gen_round0_ppl_q25: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub gen_round0_ppl_q50: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub gen_round0_ppl_q75: Option<f64>,
-    #[serde(default)]
+    #[serde(default, with = "lm::float::option")]
     pub gen_round0_ppl_q95: Option<f64>,
     pub wall_compose_s: f64,
     pub wall_train_s: f64,
@@ -128,7 +146,7 @@ pub(crate) fn phase(
     let cfg = &ctx.cfg;
     let rp = &manifest.plan;
     let stats = gen.text;
-    let q = |v: Option<[f64; 5]>, i: usize| v.map(|a| a[i]);
+    let q = |v: &Option<Vec<f64>>, i: usize| v.as_ref().and_then(|a| a.get(i).copied());
     let mut row = MetricsRow {
         setting: setting.name.clone(),
         setting_number: setting.number,
@@ -164,22 +182,34 @@ pub(crate) fn phase(
         gen_truncation: Some(enum_name(&cfg.generation.truncated)),
         gen_carry: Some(enum_name(&cfg.generation.carry)),
         gen_drawn: 0,
-        train_passes: Some(
+        model_risk: eval.risk,
+        categorical_c: ctx.reference.as_ref().and_then(|r| r.categorical_c()),
+        corpus_tokens: Some(ctx.doc_tokens.iter().map(|d| d.len() + 1).sum()),
+        real_tokens: Some(
+            manifest
+                .documents
+                .iter()
+                .filter(|d| matches!(d.origin, corpus::Origin::Real { .. }))
+                .filter_map(|d| ctx.by_id.get(&d.id).map(|&i| ctx.doc_tokens[i].len() + 1))
+                .sum(),
+        ),
+        // Recorded by the training since passes existed; a GPT's batch x block before that.
+        train_passes: train_rec.passes.or(Some(
             (train_rec.steps as usize * cfg.training.batch_size * cfg.model.block_size) as f64
                 / train_rec.train_tokens.max(1) as f64,
-        ),
+        )),
         heldout_best_step: train_rec.heldout_best().map(|b| b.0),
         heldout_best_nll: train_rec.heldout_best().map(|b| b.1),
-        heldout_doc_ppl_q05: q(tails.heldout_doc_ppl, 0),
-        heldout_doc_ppl_q25: q(tails.heldout_doc_ppl, 1),
-        heldout_doc_ppl_q50: q(tails.heldout_doc_ppl, 2),
-        heldout_doc_ppl_q75: q(tails.heldout_doc_ppl, 3),
-        heldout_doc_ppl_q95: q(tails.heldout_doc_ppl, 4),
-        gen_round0_ppl_q05: q(tails.generated_round0_ppl, 0),
-        gen_round0_ppl_q25: q(tails.generated_round0_ppl, 1),
-        gen_round0_ppl_q50: q(tails.generated_round0_ppl, 2),
-        gen_round0_ppl_q75: q(tails.generated_round0_ppl, 3),
-        gen_round0_ppl_q95: q(tails.generated_round0_ppl, 4),
+        heldout_doc_ppl_q05: q(&tails.heldout_doc_ppl, 0),
+        heldout_doc_ppl_q25: q(&tails.heldout_doc_ppl, 1),
+        heldout_doc_ppl_q50: q(&tails.heldout_doc_ppl, 2),
+        heldout_doc_ppl_q75: q(&tails.heldout_doc_ppl, 3),
+        heldout_doc_ppl_q95: q(&tails.heldout_doc_ppl, 4),
+        gen_round0_ppl_q05: q(&tails.generated_round0_ppl, 0),
+        gen_round0_ppl_q25: q(&tails.generated_round0_ppl, 1),
+        gen_round0_ppl_q50: q(&tails.generated_round0_ppl, 2),
+        gen_round0_ppl_q75: q(&tails.generated_round0_ppl, 3),
+        gen_round0_ppl_q95: q(&tails.generated_round0_ppl, 4),
         wall_compose_s: wall_compose,
         wall_train_s: train_rec.wall_s,
         wall_eval_s: eval.wall_s,

@@ -46,7 +46,7 @@ pub fn status(root: &Path) -> Result<String> {
                     "tails"
                 } else if rd.join("eval.json").exists() {
                     "generate"
-                } else if rd.join("model.safetensors").exists() {
+                } else if has_model(&rd) {
                     "eval"
                 } else if rd.join("manifest.json").exists() {
                     "train"
@@ -84,4 +84,14 @@ pub fn status(root: &Path) -> Result<String> {
         out.push_str(&format!("{name:<w$}  {}\n", reps.join(", ")));
     }
     Ok(out)
+}
+
+/// Whether a round directory holds its model (`model.*`, whatever the kind's file is called).
+fn has_model(rd: &Path) -> bool {
+    std::fs::read_dir(rd).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("model.") && !n.ends_with(".sha256")
+        })
+    })
 }

@@ -8,6 +8,9 @@
 //!
 //! It knows nothing of tensors, tokenizers, run directories or rounds.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Errors of the seam; each says what is wrong.
@@ -164,10 +167,13 @@ impl TrainConfig {
 /// Exact next-token statistics of a model over a token stream.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
+    #[serde(with = "float")]
     pub nll_sum: f64,
     /// Tokens predicted: every token of the stream but the first.
     pub tokens: usize,
+    #[serde(with = "float")]
     pub mean_nll: f64,
+    #[serde(with = "float")]
     pub perplexity: f64,
 }
 
@@ -224,10 +230,30 @@ pub trait LanguageModel: Send + Sync {
     ) -> Result<Vec<Vec<u32>>>;
     /// The model as its kind's [`ModelKind::load`] reads it back.
     fn to_bytes(&self) -> Result<Vec<u8>>;
+    /// A distance of the model from its kind's reference ([`ModelKind::reference`]): `None` for kinds
+    /// without one.
+    fn risk(&self, _reference: &dyn Reference) -> Result<Option<f64>> {
+        Ok(None)
+    }
+}
+
+/// What a kind measures its models' risk against, built once from the whole corpus (see
+/// [`ModelKind::reference`]); each kind downcasts its own.
+pub trait Reference: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    /// Where the risk is the squared distance of one categorical estimate from the reference distribution
+    /// q (and only there): c = 1 - ‖q‖², the constant of the paper's recurrence for the categorical model.
+    fn categorical_c(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// One training in progress.
 pub trait Training {
+    /// Steps this training takes (planned before the first).
+    fn steps(&self) -> u64;
+    /// Training tokens one step reads (batch x block for a GPT; the whole stream for a model that counts).
+    fn tokens_per_step(&self) -> usize;
     /// Steps done.
     fn step(&self) -> u64;
     /// One step; its loss when `read_loss` (reading it may make a device wait).
@@ -258,4 +284,142 @@ pub trait ModelKind: Send + Sync {
     ) -> Result<Box<dyn Training>>;
     /// A saved model; `what` names it in errors. A model of another configuration is [`Error::Mismatch`].
     fn load(&self, bytes: &[u8], what: &str) -> Result<Box<dyn LanguageModel>>;
+    /// Whether [`ModelKind::reference`] wants the whole corpus's token stream (building it costs a pass).
+    fn wants_reference(&self) -> bool {
+        false
+    }
+    /// The reference its models' [`LanguageModel::risk`] is measured against, from the whole corpus's token
+    /// stream (every document, each followed by `<|endoftext|>`).
+    fn reference(&self, _stream: &[u32]) -> Result<Option<Arc<dyn Reference>>> {
+        Ok(None)
+    }
+}
+
+/// Floats that may be infinite (the held-out perplexity of a model that gives an event probability 0) as
+/// JSON: finite ones as numbers (as serde writes them), the others as the strings "inf", "-inf" and "NaN"
+/// (JSON has no such numbers, and serde would write `null`). Use with `#[serde(with = "lm::float")]`; the
+/// submodules do the same for `Option<f64>`, `Option<Vec<f64>>` and `Vec<(u64, f64)>`.
+pub mod float {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// A float as JSON writes it; parsed from a number or one of the strings.
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    fn repr(x: f64) -> Repr {
+        if x.is_finite() {
+            Repr::Number(x)
+        } else if x.is_nan() {
+            Repr::Text("NaN".into())
+        } else if x > 0.0 {
+            Repr::Text("inf".into())
+        } else {
+            Repr::Text("-inf".into())
+        }
+    }
+
+    fn value<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Number(x) => Ok(x),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" => Ok(f64::NAN),
+                _ => Err(E::custom(format!("{t:?} is not a number"))),
+            },
+        }
+    }
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        repr(*x).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        value(Repr::deserialize(d)?)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            x.map(repr).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Option::<Repr>::deserialize(d)?.map(value).transpose()
+        }
+    }
+
+    pub mod vec_option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &Option<Vec<f64>>, s: S) -> Result<S::Ok, S::Error> {
+            x.as_ref()
+                .map(|v| v.iter().map(|&x| repr(x)).collect::<Vec<_>>())
+                .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+            Option::<Vec<Repr>>::deserialize(d)?
+                .map(|v| v.into_iter().map(value).collect())
+                .transpose()
+        }
+    }
+
+    pub mod pairs {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+            x.iter()
+                .map(|&(k, v)| (k, repr(v)))
+                .collect::<Vec<_>>()
+                .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
+            Vec::<(u64, Repr)>::deserialize(d)?
+                .into_iter()
+                .map(|(k, r)| value(r).map(|v| (k, v)))
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finite floats are written as before (numbers); infinite ones survive a round trip.
+    #[test]
+    fn infinite_evaluations_read_back() {
+        let e = Evaluation {
+            nll_sum: f64::INFINITY,
+            tokens: 3,
+            mean_nll: f64::INFINITY,
+            perplexity: f64::INFINITY,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"nll_sum":"inf","tokens":3,"mean_nll":"inf","perplexity":"inf"}"#
+        );
+        let back: Evaluation = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+        let finite = Evaluation {
+            nll_sum: 1.5,
+            tokens: 2,
+            mean_nll: 0.75,
+            perplexity: 0.75f64.exp(),
+        };
+        let json = serde_json::to_string(&finite).unwrap();
+        assert!(
+            json.starts_with(r#"{"nll_sum":1.5,"tokens":2,"mean_nll":0.75,"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Evaluation>(&json).unwrap(), finite);
+    }
 }

@@ -72,6 +72,14 @@ impl Axes {
         Self { log_y: on, ..self }
     }
 
+    /// Every series at the same x (when other series are to be read against them at that x).
+    pub(crate) fn undodged(self) -> Self {
+        Self {
+            dodge: false,
+            ..self
+        }
+    }
+
     pub(crate) fn with_zero(self) -> Self {
         Self {
             zero_line: true,
@@ -282,6 +290,9 @@ where
         .y_label_formatter(&|y| {
             if y.abs() >= 100.0 {
                 format!("{y:.0}")
+            } else if *y != 0.0 && y.abs() < 0.01 {
+                // 2e-4, 1.5e-4: a risk's small values would all read "0" with three decimals.
+                format!("{y:.1e}").replace(".0e", "e")
             } else {
                 format!("{y:.3}")
                     .trim_end_matches('0')
@@ -339,7 +350,8 @@ where
             _ => chart.draw_series(DashedLineSeries::new(line, 3, 4, stroke)),
         }
         .map_err(plot_err)?;
-        if legend {
+        // A series without a name stays out of the legend (the second of a family drawn alike).
+        if legend && !s.name.is_empty() {
             let style = s.style;
             drawn.label(s.name.clone()).legend(move |(x, y)| Marker {
                 at: (x + 11, y),

@@ -21,6 +21,7 @@
 //! It reads a run only through the experiment crate's functions (its frozen config and finished rounds'
 //! metrics, its training records), never through the pipeline's internals, and knows nothing of models.
 
+mod bridge;
 mod charts;
 mod page;
 mod stats;
@@ -41,8 +42,8 @@ use charts::{figure, write_plot, Axes, Series};
 use page::{html_escape, html_sections};
 use stats::{Estimate, ALPHA};
 use tables::{
-    analyse, curated_setting, curation_csv, curation_table, endpoints, join_curation_csv, nll,
-    paired_csv, second_nll, table, tails_table, truncation_warnings, Layout, Table,
+    analyse, curated_setting, curation_csv, curation_table, endpoints, join_curation_csv,
+    paired_csv, table, tails_table, truncation_warnings, Layout, Table, HELDOUT, RISK, SECOND,
 };
 
 pub use charts::curve_plot;
@@ -177,7 +178,11 @@ fn training_curves(
                     continue;
                 }
                 let rec: TrainRecord = read_json(&p)?;
-                for (step, v) in rec.heldout {
+                // A model fitted in one pass (counted, not trained) has no curve to draw.
+                if rec.steps <= 1 {
+                    continue;
+                }
+                for (step, v) in rec.heldout.into_iter().filter(|(_, v)| v.is_finite()) {
                     by_step.entry(step).or_default().push(v);
                 }
             }
@@ -296,11 +301,19 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
-    let heldout = analyse(&layout, &rows, nll, "Held-out plots");
+    let heldout = analyse(&layout, &rows, &HELDOUT, "Held-out plots");
     let second = rows
         .iter()
         .any(|r| r.second_perplexity.is_some())
-        .then(|| analyse(&layout, &rows, second_nll, "Second evaluation set"));
+        .then(|| analyse(&layout, &rows, &SECOND, "Second evaluation set"));
+    let risk = rows.iter().any(|r| r.model_risk.is_some()).then(|| {
+        analyse(
+            &layout,
+            &rows,
+            &RISK,
+            "Risk against the reference distribution",
+        )
+    });
     let size = (960, 540);
     let away = runaway(&heldout.changes);
     let mut figures: Vec<(String, &str)> = Vec::new();
@@ -317,6 +330,8 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
         Axes::by_round(title, y).log(!opts.linear)
     };
     let zoom_title = format!("The same, {away_note}");
+    // An unsmoothed model's held-out perplexity is infinite in every round: nothing to draw or test.
+    let scored = !heldout.table.is_empty();
     let panels = with_zoom(
         perplexity_series(&layout, &heldout.table),
         &away,
@@ -326,8 +341,10 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
             &zoom_title,
         ),
     );
-    write_plot(&dir, "perplexity", &figure(&panels, 1, size)?)?;
-    figures.push(("perplexity".into(), "held-out perplexity by round"));
+    if scored {
+        write_plot(&dir, "perplexity", &figure(&panels, 1, size)?)?;
+        figures.push(("perplexity".into(), "held-out perplexity by round"));
+    }
     let change_axes = |title: &str| Axes::by_round(title, "change of mean NLL (nats)").with_zero();
     let panels = with_zoom(
         change_series(&layout, &heldout.changes),
@@ -338,11 +355,13 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
             &zoom_title,
         ),
     );
-    write_plot(&dir, "change", &figure(&panels, 1, size)?)?;
-    figures.push((
-        "change".into(),
-        "paired change of held-out mean NLL against round 0",
-    ));
+    if scored {
+        write_plot(&dir, "change", &figure(&panels, 1, size)?)?;
+        figures.push((
+            "change".into(),
+            "paired change of held-out mean NLL against round 0",
+        ));
+    }
     if let Some(s) = &second {
         let panels = with_zoom(
             change_series(&layout, &s.changes),
@@ -357,6 +376,57 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
         figures.push((
             "second-change".into(),
             "paired change on the second evaluation set",
+        ));
+    }
+    if let Some(r) = &risk {
+        let axes = |title: &str| Axes::by_round(title, "risk (log scale)").log(true);
+        let panels = vec![
+            (
+                chain_series(&layout, |c| table_points(&r.table, c, f64::exp)),
+                axes(
+                    "Squared-error risk against the reference distribution: geometric mean, 95% CI",
+                ),
+            ),
+            (
+                change_series(&layout, &r.changes),
+                Axes::by_round(
+                    "Change of log risk against the same repetition's round 0 (paired, 95% CI)",
+                    "change of log risk",
+                )
+                .with_zero(),
+            ),
+        ];
+        write_plot(&dir, "risk", &figure(&panels, 1, size)?)?;
+        figures.push((
+            "risk".into(),
+            "risk against the reference distribution by round",
+        ));
+    }
+    let bridge = bridge::bridge(&cfg, &layout, &rows);
+    if let Some(b) = &bridge {
+        let panels = vec![
+            (
+                b.risk.clone(),
+                Axes::by_round(
+                    "Unigram risk: measured (mean, 95% CI) and the categorical recurrence (grey)",
+                    "risk (log scale)",
+                )
+                .log(true)
+                .undodged(),
+            ),
+            (
+                b.departure.clone(),
+                Axes::by_round(
+                    "Departure from the recurrence: (measured - recurrence) / recurrence, 95% CI",
+                    "departure (%)",
+                )
+                .with_zero(),
+            ),
+        ];
+        write_plot(&dir, "bridge", &figure(&panels, 1, size)?)?;
+        figures.push((
+            "bridge".into(),
+            "unigram risk against the categorical recurrence",
         ));
     }
     // Text statistics: the length-robust ones where the rows have them.
@@ -421,14 +491,14 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
                     .map(|v| v.values().sum::<f64>() / v.len() as f64)
             };
             chain_series(&layout, |c| {
-                Some(
-                    m.get(c)?
-                        .keys()
-                        .filter_map(|&r| {
-                            Some((r as f64, mean(&m, c, r)?, mean(&l, c, r)?, mean(&h, c, r)?))
-                        })
-                        .collect(),
-                )
+                let points: Vec<_> = m
+                    .get(c)?
+                    .keys()
+                    .filter_map(|&r| {
+                        Some((r as f64, mean(&m, c, r)?, mean(&l, c, r)?, mean(&h, c, r)?))
+                    })
+                    .collect();
+                (!points.is_empty()).then_some(points)
             })
         };
         let axes =
@@ -451,8 +521,12 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
                 axes("Held-out plots under each round's model: median, 5-95% of documents"),
             ),
         ];
-        write_plot(&dir, "tails", &figure(&panels, 1, size)?)?;
-        figures.push(("tails".into(), "per-document perplexity quantiles"));
+        // Quantiles are infinite where a model gives some token probability 0.
+        let panels: Vec<_> = panels.into_iter().filter(|(s, _)| !s.is_empty()).collect();
+        if !panels.is_empty() {
+            write_plot(&dir, "tails", &figure(&panels, 1, size)?)?;
+            figures.push(("tails".into(), "per-document perplexity quantiles"));
+        }
     }
     if let Some(root) = &root {
         let curves = training_curves(root, &cfg, &layout)?;
@@ -475,6 +549,9 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
     let mut sets = vec![("heldout", &heldout)];
     if let Some(s) = &second {
         sets.push(("second", s));
+    }
+    if let Some(r) = &risk {
+        sets.push(("log_risk", r));
     }
     write_atomic(&dir.join("paired.csv"), &paired_csv(&sets)?)?;
     let incomplete = layout.incomplete(&cfg, &rows);
@@ -505,10 +582,42 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
         ));
     }
     md.push_str(&truncation_warnings(&cfg, &rows));
-    md.push_str(&endpoints(&cfg, &heldout.table));
-    md.push_str(&heldout.tables);
+    if scored {
+        md.push_str(&endpoints(&cfg, &heldout.table, &HELDOUT));
+    }
+    if let Some(r) = &risk {
+        md.push_str(&endpoints(&cfg, &r.table, &RISK));
+    }
+    let unscored = rows
+        .iter()
+        .filter(|r| !r.heldout_perplexity.is_finite())
+        .count();
+    if unscored > 0 {
+        md.push_str(&format!(
+            "### Infinite held-out perplexity
+
+{unscored} of {} finished rounds give some held-out token \
+             probability 0 (an unsmoothed model), so their perplexity is infinite; the held-out tables \
+             leave them out{}.\n\n",
+            rows.len(),
+            if risk.is_some() {
+                ", and the risk tables compare every round"
+            } else {
+                ""
+            }
+        ));
+    }
+    if scored {
+        md.push_str(&heldout.tables);
+    }
     if let Some(s) = &second {
         md.push_str(&s.tables);
+    }
+    if let Some(r) = &risk {
+        md.push_str(&r.tables);
+    }
+    if let Some(b) = &bridge {
+        md.push_str(&b.markdown);
     }
     md.push_str(&tails_table(&layout, &rows));
     if curated {

@@ -39,6 +39,34 @@ pub(crate) fn second_nll(r: &MetricsRow) -> Option<f64> {
     r.second_perplexity.map(f64::ln)
 }
 
+/// ln of the model's squared-error risk against the reference distribution (models that report one).
+pub(crate) fn log_risk(r: &MetricsRow) -> Option<f64> {
+    r.model_risk.map(f64::ln)
+}
+
+pub(crate) const HELDOUT: Measure = Measure {
+    metric: nll,
+    scale: "held-out mean NLL",
+    log: "mean NLL",
+    exp: "perplexity",
+    unit: "nats",
+};
+
+pub(crate) const SECOND: Measure = Measure {
+    metric: second_nll,
+    scale: "mean NLL on the second evaluation set",
+    ..HELDOUT
+};
+
+/// Risk is compared as a ratio: its log differences are tested, as for perplexity.
+pub(crate) const RISK: Measure = Measure {
+    metric: log_risk,
+    scale: "log risk against the reference distribution",
+    log: "log risk",
+    exp: "risk",
+    unit: "log units",
+};
+
 /// The values of `reps` present in both maps, paired: (a, b) per repetition, in repetition order.
 pub(crate) fn pairs(a: &BTreeMap<usize, f64>, b: &BTreeMap<usize, f64>) -> Vec<(f64, f64)> {
     a.iter()
@@ -112,6 +140,15 @@ pub(crate) fn p_text(p: f64) -> String {
         format!("{p:.1e}")
     } else {
         format!("{p:.4}")
+    }
+}
+
+/// A perplexity with two decimals; a quantity below 1 (a risk) with four significant digits.
+pub(crate) fn value(v: f64) -> String {
+    if v.abs() >= 1.0 || v == 0.0 || !v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3e}")
     }
 }
 
@@ -242,12 +279,22 @@ pub(crate) struct Analysis {
     pub(crate) table: Table,
 }
 
-pub(crate) fn analyse(
-    layout: &Layout,
-    rows: &[MetricsRow],
-    metric: fn(&MetricsRow) -> Option<f64>,
-    label: &str,
-) -> Analysis {
+/// What a table compares: a quantity on a log scale (its differences are tested) and its exponential.
+pub(crate) struct Measure {
+    pub metric: fn(&MetricsRow) -> Option<f64>,
+    /// What the endpoints name the scale: "held-out mean NLL".
+    pub scale: &'static str,
+    /// The log-scale quantity, "mean NLL".
+    pub log: &'static str,
+    /// Its exponential, "perplexity".
+    pub exp: &'static str,
+    /// The unit of a difference, "nats".
+    pub unit: &'static str,
+}
+
+pub(crate) fn analyse(layout: &Layout, rows: &[MetricsRow], m: &Measure, label: &str) -> Analysis {
+    let metric = m.metric;
+    let (log, exp, unit) = (m.log, m.exp, m.unit);
     let t = table(rows, metric);
     let mut changes: BTreeMap<String, BTreeMap<usize, Estimate>> = BTreeMap::new();
     for c in &layout.chains {
@@ -278,17 +325,15 @@ pub(crate) fn analyse(
             .collect::<Vec<_>>(),
     );
     let mut s = format!(
-        "### {label}: change of mean NLL against each repetition's round 0\n\n\
-         | chain | repetitions | round | round-0 perplexity | perplexity | change of mean NLL, nats [95% CI] | \
-         perplexity ratio [95% CI] | p | p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "### {label}: change of {log} against each repetition's round 0\n\n\
+         | chain | repetitions | round | round-0 {exp} | {exp} | change of {log}, {unit} [95% CI] | \
+         {exp} ratio [95% CI] | p | p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for ((c, round, e), p_adj) in ends.iter().zip(&adj) {
         let geo = |t0: usize| -> String {
             let reps = t.get(*c).and_then(|m| m.get(&t0));
             match reps {
-                Some(v) if !v.is_empty() => {
-                    format!("{:.2}", (v.values().sum::<f64>() / v.len() as f64).exp())
-                }
+                Some(v) if !v.is_empty() => value((v.values().sum::<f64>() / v.len() as f64).exp()),
                 _ => "-".into(),
             }
         };
@@ -311,7 +356,7 @@ pub(crate) fn analyse(
     }
     let tested = adj.iter().filter(|p| !p.is_nan()).count();
     s.push_str(&format!(
-        "\nFamily: {} (Holm). Perplexities are exp(mean NLL) over the repetitions of each round; a change is \
+        "\nFamily: {} (Holm). The {exp} columns are exp({log}) over the repetitions of each round; a change is \
          computed over the repetitions present at both round 0 and the row's round.\n\n",
         if tested == 0 {
             "none, no chain has two repetitions at both ends".to_string()
@@ -324,8 +369,8 @@ pub(crate) fn analyse(
     let groups = comparison_groups(&layout.chains);
     let curated = groups.iter().any(|g| curated_setting(&g[0]).is_some());
     s.push_str(&format!(
-        "### {label}: chains compared at round {last}, paired within repetitions (mean NLL, a - b)\n\n\
-         | a | b | repetitions | a - b, nats [95% CI] | perplexity ratio [95% CI] | p | p (Holm) | verdict for a |\n\
+        "### {label}: chains compared at round {last}, paired within repetitions ({log}, a - b)\n\n\
+         | a | b | repetitions | a - b, {unit} [95% CI] | {exp} ratio [95% CI] | p | p (Holm) | verdict for a |\n\
          |---|---|---|---|---|---|---|---|\n"
     ));
     let mut families = Vec::new();
@@ -369,11 +414,11 @@ pub(crate) fn analyse(
         )
     });
 
-    // 3. Descriptive: absolute perplexity, unpaired.
+    // 3. Descriptive: the absolute scale, unpaired.
     let ppl = table(rows, |r| metric(r).map(f64::exp));
     s.push_str(&format!(
-        "### {label}: absolute perplexity (descriptive; mean ± 95% CI across repetitions)\n\n\
-         | chain | repetitions | round-0 perplexity | round | perplexity | change of means, same repetitions |\n\
+        "### {label}: absolute {exp} (descriptive; mean ± 95% CI across repetitions)\n\n\
+         | chain | repetitions | round-0 {exp} | round | {exp} | change of means, same repetitions |\n\
          |---|---|---|---|---|---|\n"
     ));
     for (c, round, _) in &ends {
@@ -391,12 +436,12 @@ pub(crate) fn analyse(
             common.iter().map(|p| p.1).sum::<f64>(),
         );
         s.push_str(&format!(
-            "| {c} | {} | {:.2} ± {:.2} | {round} | {:.2} ± {:.2} | {:+.1}% over {} |\n",
+            "| {c} | {} | {} ± {} | {round} | {} ± {} | {:+.1}% over {} |\n",
             e0.n,
-            e0.mean,
-            e0.half_width(),
-            el.mean,
-            el.half_width(),
+            value(e0.mean),
+            value(e0.half_width()),
+            value(el.mean),
+            value(el.half_width()),
             100.0 * (m1 / m0 - 1.0),
             common.len()
         ));
@@ -410,7 +455,8 @@ pub(crate) fn analyse(
 }
 
 /// The config's pre-registered endpoints, on held-out mean NLL.
-pub(crate) fn endpoints(cfg: &Config, t: &Table) -> String {
+pub(crate) fn endpoints(cfg: &Config, t: &Table, m: &Measure) -> String {
+    let (scale, unit, exp) = (m.scale, m.unit, m.exp);
     let mut s = String::new();
     for r in &cfg.report.recovery {
         let at = |c: &str| {
@@ -429,8 +475,8 @@ pub(crate) fn endpoints(cfg: &Config, t: &Table) -> String {
             }
         }
         s.push_str(&format!(
-            "### Endpoint {}: the share of the doubling gain that synthetic data recovers, round {}\n\n\
-             f = [L({base}) - L({mixed})] / [L({base}) - L({doubled})] on held-out mean NLL, paired within \
+            "### Endpoint {} ({scale}): the share of the doubling gain that synthetic data recovers, round {}\n\n\
+             f = [L({base}) - L({mixed})] / [L({base}) - L({doubled})] on {scale}, paired within \
              repetitions; Fieller's 95% interval.\n\n| quantity | repetitions | estimate [95% CI] |\n|---|---|---|\n",
             r.name,
             r.round,
@@ -449,8 +495,8 @@ pub(crate) fn endpoints(cfg: &Config, t: &Table) -> String {
             None => "[unbounded: the doubling gain is not clearly away from 0]".into(),
         };
         s.push_str(&format!(
-            "| gain of synthetic data, L({}) - L({}), nats | {} | {} |\n\
-             | gain of doubling, L({}) - L({}), nats | {} | {} |\n\
+            "| gain of synthetic data, L({}) - L({}), {unit} | {} | {} |\n\
+             | gain of doubling, L({}) - L({}), {unit} | {} | {} |\n\
              | f | {} | {:.3} {interval} |\n\n",
             r.base,
             r.mixed,
@@ -472,8 +518,8 @@ pub(crate) fn endpoints(cfg: &Config, t: &Table) -> String {
             .collect();
         let adj = holm(&est.iter().map(|(_, e)| e.p).collect::<Vec<_>>());
         s.push_str(&format!(
-            "### Endpoint {}: {} - {} by round (held-out mean NLL, paired)\n\n\
-             | round | repetitions | a - b, nats [95% CI] | perplexity ratio [95% CI] | p | p (Holm) | verdict for {} |\n\
+            "### Endpoint {} ({scale}): {} - {} by round (paired)\n\n\
+             | round | repetitions | a - b, {unit} [95% CI] | {exp} ratio [95% CI] | p | p (Holm) | verdict for {} |\n\
              |---|---|---|---|---|---|---|\n",
             c.name, c.a, c.b, c.a
         ));

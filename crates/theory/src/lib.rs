@@ -44,7 +44,10 @@ mod simulate;
 
 pub use recurrence::unlimited_plan;
 
-pub use recurrence::{accumulated_collapse_limit, categorical_risk, fixed_point, Filter};
+pub use recurrence::{
+    accumulated_collapse_limit, categorical_risk, counted_risk, fixed_point, Filter, RealDraws,
+    RoundCounts,
+};
 pub use simulate::{simulate, Band, ModelClass, Simulation, Truth};
 
 /// Errors of the theory crate.

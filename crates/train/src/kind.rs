@@ -178,6 +178,14 @@ struct GptTraining {
 }
 
 impl Training for GptTraining {
+    fn steps(&self) -> u64 {
+        self.trainer.cfg.steps
+    }
+
+    fn tokens_per_step(&self) -> usize {
+        self.trainer.cfg.batch_size * self.trainer.model.config().block_size
+    }
+
     fn step(&self) -> u64 {
         self.trainer.step()
     }

@@ -41,10 +41,11 @@ pub struct Config {
 pub struct ReportSection {
     /// `[[report.recovery]]`: the fraction of the gain from doubling the real data that synthetic data
     /// recovers at one round, f = [L(base) - L(mixed)] / [L(base) - L(doubled)] on held-out mean NLL per
-    /// token, paired within repetitions, with Fieller's 95% interval.
+    /// token (and on log risk, for models that report a risk), paired within repetitions, with Fieller's
+    /// 95% interval.
     pub recovery: Vec<Recovery>,
-    /// `[[report.contrast]]`: the paired difference a - b of held-out mean NLL at each listed round, with
-    /// Holm's adjustment over those rounds.
+    /// `[[report.contrast]]`: the paired difference a - b of held-out mean NLL (and of log risk, for models
+    /// that report one) at each listed round, with Holm's adjustment over those rounds on each scale.
     pub contrast: Vec<Contrast>,
 }
 
@@ -123,6 +124,9 @@ impl TheorySection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
+    /// Which kind of model: `"gpt"` (the default; the fields below) or `"ngram"` (`[model.ngram]`).
+    #[serde(skip_serializing_if = "is_gpt")]
+    pub kind: String,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_embd: usize,
@@ -133,12 +137,20 @@ pub struct ModelSection {
     /// run, or a Hugging Face GPT-2 directory. Its shape must be the section's (and its vocabulary the
     /// tokenizer's).
     pub init_from: Option<String>,
+    /// `[model.ngram]`, the n-gram model's settings (order, smoothing, risk contexts), read by its kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ngram: Option<toml::Table>,
+}
+
+fn is_gpt(kind: &str) -> bool {
+    kind == "gpt"
 }
 
 impl Default for ModelSection {
     /// The paper's model: 4 layers, 4 heads, 256 embd, 128 context, no dropout, biases.
     fn default() -> Self {
         Self {
+            kind: "gpt".into(),
             n_layer: 4,
             n_head: 4,
             n_embd: 256,
@@ -146,6 +158,7 @@ impl Default for ModelSection {
             dropout: 0.0,
             bias: true,
             init_from: None,
+            ngram: None,
         }
     }
 }

@@ -13,6 +13,9 @@ use crate::rundir::{read_json, write_json};
 pub(crate) struct EvalRecord {
     pub heldout: Evaluation,
     pub second: Option<Evaluation>,
+    /// The model's risk against its kind's reference (kinds that have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<f64>,
     pub wall_s: f64,
 }
 
@@ -33,9 +36,14 @@ pub(crate) fn phase(r: &Round, model: &dyn LanguageModel) -> Result<EvalRecord> 
             .as_ref()
             .map(|s| model.evaluate(s, bs))
             .transpose()?;
+        let risk = match &ctx.reference {
+            Some(r) => model.risk(&**r)?,
+            None => None,
+        };
         let rec = EvalRecord {
             heldout,
             second,
+            risk,
             wall_s: started.elapsed().as_secs_f64(),
         };
         write_json(&eval_path, &rec)?;

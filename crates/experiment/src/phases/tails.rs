@@ -14,7 +14,7 @@ use crate::rundir::{phase_dir, read_json, write_json};
 use crate::samples::Sample;
 
 /// Quantiles 5, 25, 50, 75 and 95% (linear interpolation between order statistics, R's type 7).
-pub(crate) fn quantiles(xs: &[f64]) -> Option<[f64; 5]> {
+pub(crate) fn quantiles(xs: &[f64]) -> Option<Vec<f64>> {
     if xs.is_empty() {
         return None;
     }
@@ -23,9 +23,14 @@ pub(crate) fn quantiles(xs: &[f64]) -> Option<[f64; 5]> {
     let at = |q: f64| {
         let h = q * (v.len() - 1) as f64;
         let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-        v[lo] + (h - lo as f64) * (v[hi] - v[lo])
+        // Infinite perplexities (a token of probability 0) sort last; inf - inf must not make a NaN.
+        if hi == lo || v[hi] == v[lo] {
+            v[lo]
+        } else {
+            v[lo] + (h - lo as f64) * (v[hi] - v[lo])
+        }
     };
-    Some([0.05, 0.25, 0.5, 0.75, 0.95].map(at))
+    Some([0.05, 0.25, 0.5, 0.75, 0.95].map(at).to_vec())
 }
 
 /// The tails of a round: per-document perplexity quantiles of the held-out plots under the round's model,
@@ -35,9 +40,11 @@ pub(crate) fn quantiles(xs: &[f64]) -> Option<[f64; 5]> {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TailsRecord {
     pub heldout_docs: usize,
-    pub heldout_doc_ppl: Option<[f64; 5]>,
+    #[serde(default, with = "lm::float::vec_option")]
+    pub heldout_doc_ppl: Option<Vec<f64>>,
     pub generated_docs: usize,
-    pub generated_round0_ppl: Option<[f64; 5]>,
+    #[serde(default, with = "lm::float::vec_option")]
+    pub generated_round0_ppl: Option<Vec<f64>>,
     pub wall_s: f64,
 }
 
@@ -114,4 +121,19 @@ pub(crate) fn doc_perplexities<'a>(
 ) -> Result<Vec<f64>> {
     docs.map(|d| Ok(model.score(d, eot, false)?.mean_nll.exp()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantiles;
+
+    #[test]
+    fn quantiles_interpolate_and_keep_infinities() {
+        let q = quantiles(&[4.0, 0.0, 2.0, 1.0, 3.0]).unwrap();
+        assert_eq!(q, vec![0.2, 1.0, 2.0, 3.0, 3.8]);
+        // Two of five documents impossible under the model: the upper quantiles are infinite, not NaN.
+        let q = quantiles(&[1.0, f64::INFINITY, 2.0, f64::INFINITY, 3.0]).unwrap();
+        assert_eq!(q[..3], [1.2, 2.0, 3.0]);
+        assert_eq!(q[3..], [f64::INFINITY, f64::INFINITY]);
+    }
 }

@@ -25,7 +25,11 @@ use crate::samples::SampleStore;
 pub(crate) struct TrainState {
     step: u64,
     losses: Vec<(u64, f64)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "lm::float::pairs"
+    )]
     heldout: Vec<(u64, f64)>,
     wall_s: f64,
 }
@@ -48,11 +52,18 @@ pub(crate) fn latest_checkpoint(rd: &Path) -> Option<(PathBuf, u64)> {
 pub struct TrainRecord {
     /// Planned from D_t's token count before training (see `training.steps`).
     pub steps: u64,
+    /// Passes over D_t's tokens those steps make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<f64>,
     pub train_tokens: usize,
     pub final_loss: f64,
     pub losses: Vec<(u64, f64)>,
     /// Held-out mean NLL per token during training, (step, NLL), with `training.eval_every`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "lm::float::pairs"
+    )]
     pub heldout: Vec<(u64, f64)>,
     /// SHA-256 of D_t's token stream (little-endian u32 ids), so what a round trained on can be checked
     /// against its documents without keeping the stream.
@@ -192,7 +203,10 @@ pub(crate) fn train(
     // The held-out curve (nanoGPT's eval_interval): exact mean NLL over the first `eval_tokens` held-out
     // tokens. It draws nothing random, so it leaves training bit-identical.
     let every = cfg.training.eval_every;
+    // The kind has the last word on its steps (a model that counts takes one, and has no curve).
+    let steps = training.steps();
     let curve_tokens = match (every, cfg.training.eval_tokens) {
+        _ if steps <= 1 => None,
         (0, _) => None,
         (_, 0) => Some(job.heldout),
         (_, n) => Some(&job.heldout[..n.min(job.heldout.len())]),
@@ -204,14 +218,14 @@ pub(crate) fn train(
     if curve_tokens.is_some() && training.step() == 0 && heldout.is_empty() {
         heldout.push((0, eval_now(&*training)?));
     }
-    progress.phase("train", tc.steps);
+    progress.phase("train", steps);
     let started = Instant::now();
-    let tokens_per_step = (tc.batch_size * cfg.model.block_size) as f64;
+    let tokens_per_step = training.tokens_per_step() as f64;
     let mut last_loss = losses.last().map_or(f64::NAN, |l| l.1);
-    while training.step() < tc.steps {
+    while training.step() < steps {
         // The loss is read (a device synchronises) only when it is logged.
         let next = training.step() + 1;
-        let log = next % cfg.training.log_every == 0 || next == tc.steps;
+        let log = next % cfg.training.log_every == 0 || next == steps;
         let loss = training.train_step(log)?;
         let step = training.step();
         if let Some(loss) = loss {
@@ -219,16 +233,12 @@ pub(crate) fn train(
             losses.push((step, last_loss));
             let tps = tokens_per_step * step as f64
                 / (started.elapsed().as_secs_f64() + wall_before).max(1e-9);
-            progress.update(
-                step,
-                tc.steps,
-                format!("loss {last_loss:.4}  {tps:.0} tok/s"),
-            );
+            progress.update(step, steps, format!("loss {last_loss:.4}  {tps:.0} tok/s"));
         }
-        if curve_tokens.is_some() && (step % every == 0 || step == tc.steps) {
+        if curve_tokens.is_some() && (step % every == 0 || step == steps) {
             heldout.push((step, eval_now(&*training)?));
         }
-        if step % cfg.training.checkpoint_every == 0 && step < tc.steps {
+        if step % cfg.training.checkpoint_every == 0 && step < steps {
             save_checkpoint(
                 rd,
                 &*training,
@@ -239,7 +249,8 @@ pub(crate) fn train(
         }
     }
     let rec = TrainRecord {
-        steps: tc.steps,
+        steps,
+        passes: Some(steps as f64 * tokens_per_step / train_tokens.max(1) as f64),
         train_tokens,
         final_loss: last_loss,
         losses,
