@@ -42,7 +42,9 @@ if [ ! -f "$LINK/libcuda.so" ]; then
 fi
 export NVCC="$CU/bin/nvcc" PATH="$CU/bin:$PATH" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$LINK"
-cargo build --release --features cuda --target-dir "$ROOT/target/cuda" --bin "$BIN" "$@"
+# COLLAPSE_CUDA_TARGET keeps the build (candle's kernels) across clones, as CI does.
+TARGET=${COLLAPSE_CUDA_TARGET:-$ROOT/target/cuda}
+cargo build --release --features cuda --target-dir "$TARGET" --bin "$BIN" "$@"
 mkdir -p "$ROOT/.device"
-strip -o "$ROOT/.device/$BIN" "$ROOT/target/cuda/release/$BIN"
+strip -o "$ROOT/.device/$BIN" "$TARGET/release/$BIN"
 ls -l "$ROOT/.device/$BIN"

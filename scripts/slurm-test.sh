@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `collapse-lab slurm` on a real Slurm: installs Debian's slurmctld, slurmd and munge if missing, configures
 # a single-node cluster on localhost in a temporary directory (its own ports, state and munge socket; no
-# system service is touched), submits the job array of a tiny config on the committed sample, waits for it,
-# and checks that its metrics equal a single-process run of the same config bit for bit (wall times aside).
-# Needs root (apt-get, and the daemons run as root). Prints PASS or FAIL; exits non-zero on failure.
+# system service is touched), submits the job array of a tiny config on the committed sample while one of
+# its chains is locked by another process (as a dead node's lock can be), waits for it, and checks that the
+# task of the locked chain requeued itself rather than end COMPLETED undone, that every task line names its
+# device, that the metrics equal a single-process run of the same config bit for bit (wall times aside),
+# and that no daemon is left running afterwards. Needs root (apt-get, and the daemons run as root). Prints
+# PASS or FAIL; exits non-zero on failure.
 #
 #   bash scripts/slurm-test.sh                      (BIN=path/to/collapse-lab to test a binary already built)
 #
@@ -24,9 +27,18 @@ BIN=$(realpath "$BIN")
 W=$(mktemp -d /tmp/collapse-slurm.XXXXXX)
 chmod 755 "$W"
 PIDS=()
-cleanup() {
+# munged daemonizes: its PID is in its pid file, not $!.
+stop_daemons() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/munge/munged.pid" ] && kill "$(cat "$W/munge/munged.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
+  for _ in $(seq 50); do
+    pgrep -f "$W" >/dev/null || break
+    sleep 0.1
+  done
+}
+cleanup() {
+  stop_daemons
   [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
@@ -116,6 +128,12 @@ export COLLAPSE_CACHE=$W/cache
 "$BIN" run "$W/tiny.toml" --out "$W/single" 2> "$W/single.log"
 SCRIPT=$("$BIN" slurm "$W/tiny.toml" --out "$W/array" --partition test --cpus-per-task 1 --time 00:10:00)
 cat "$SCRIPT"
+grep -q -- "--device 'cpu' --only" "$SCRIPT" || { echo "FAIL: the task line names no device"; exit 1; }
+# Another process holds synthetic-only/0 for the first 40 s: its task must requeue itself until it is free.
+mkdir -p "$W/array/synthetic-only/rep-0"
+flock "$W/array/synthetic-only/rep-0/lock" sleep 40 &
+PIDS+=($!)
+export COLLAPSE_BUSY_WAIT=5
 JOB=$(sbatch --parsable "$SCRIPT")
 echo "submitted job array $JOB"
 for _ in $(seq 600); do
@@ -124,12 +142,21 @@ for _ in $(seq 600); do
 done
 sacct -j "$JOB" 2>/dev/null || squeue -j "$JOB" || true
 "$BIN" status "$W/array"
+if ! grep -q "chain synthetic-only/0 is busy in another process; requeueing task" "$W"/array/slurm/logs/*; then
+  echo "FAIL: the task of the locked chain did not requeue itself"; tail -20 "$W"/array/slurm/logs/* || true
+  exit 1
+fi
+echo "the locked chain's task requeued itself: $(grep -h "requeueing task" "$W"/array/slurm/logs/* | head -1)"
 strip() { python3 -c 'import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if not k.startswith("wall_")}, sort_keys=True)) for l in open(sys.argv[1])]' "$1"; }
-if diff <(strip "$W/single/metrics.jsonl") <(strip "$W/array/metrics.jsonl") > "$W/diff.txt" \
-   && [ "$(wc -l < "$W/single/metrics.jsonl")" -eq 12 ]; then
-  echo "PASS: the Slurm job array's $(wc -l < "$W/array/metrics.jsonl") metrics rows equal the single process's, bit for bit"
-  echo "slurm: 1 passed, 0 failed"
-else
+if ! { diff <(strip "$W/single/metrics.jsonl") <(strip "$W/array/metrics.jsonl") > "$W/diff.txt" \
+   && [ "$(wc -l < "$W/single/metrics.jsonl")" -eq 12 ]; }; then
   echo "FAIL: metrics differ from the single process's:"; cat "$W/diff.txt"; tail -20 "$W"/array/slurm/logs/* || true
   exit 1
 fi
+stop_daemons
+if pgrep -af "$W"; then
+  echo "FAIL: processes of the test cluster are still running (above)"
+  exit 1
+fi
+echo "PASS: the Slurm job array's $(wc -l < "$W/array/metrics.jsonl") metrics rows equal the single process's, bit for bit; no process left"
+echo "slurm: 1 passed, 0 failed"

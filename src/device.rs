@@ -28,9 +28,32 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", rayon_threads()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            let name = ctx.name().unwrap_or_else(|e| format!("unnamed ({e})"));
+            format!("cuda:{} {name}", ctx.ordinal())
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }
+}
+
+/// The device and the precision of its f32 matmuls, as each round records them. The CPU's thread count is
+/// left out: the CPU kernels give the same bits on any number of threads.
+pub fn describe_with_precision(device: &Device, tf32: bool) -> String {
+    let precision = if device.is_cuda() && tf32 {
+        "tf32 matmuls"
+    } else {
+        "f32"
+    };
+    let name = if device.is_cpu() {
+        "cpu".to_string()
+    } else {
+        describe(device)
+    };
+    format!("{name}, {precision}")
 }
 
 /// Worker threads of the CPU backend (rayon's, as `RAYON_NUM_THREADS` sets them).

@@ -157,6 +157,10 @@ struct SlurmArgs {
     /// At most this many tasks at once (`--array=...%N`).
     #[arg(long)]
     max_running: Option<u32>,
+    /// Let the tasks run on another device than the one the run directory was frozen with (each round's
+    /// metrics record the device it ran on).
+    #[arg(long)]
+    switch_device: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,7 +193,10 @@ struct CalibrateArgs {
 fn run_models(cfg: &experiment::Config) -> Result<models::RunModels> {
     let device = device::parse_device(&cfg.experiment.device)?;
     device::set_tf32(&device, cfg.experiment.tf32);
-    Ok(models::RunModels { device })
+    Ok(models::RunModels {
+        device,
+        tf32: cfg.experiment.tf32,
+    })
 }
 
 /// Keeps freed memory in the process. Training frees and re-allocates buffers of tens of MB every step;
@@ -259,6 +266,7 @@ fn execute(cli: Cli) -> Result<()> {
                     &cfg,
                     &models::RunModels {
                         device: candle_core::Device::Cpu,
+                        tf32: false,
                     },
                 )?;
                 // Freeze the config (or refuse a different one) before any worker starts.
@@ -285,6 +293,7 @@ fn execute(cli: Cli) -> Result<()> {
             tokenizer: a.tokenizer,
             only: a.only,
             max_running: a.max_running,
+            switch_device: a.switch_device,
         }),
         Command::Status { dir } => {
             print!("{}", experiment::status(&dir)?);
@@ -386,6 +395,8 @@ fn main() {
     if let Err(e) = execute(cli) {
         // One line: what went wrong, with its causes, and (in the messages) what to do.
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-        std::process::exit(1);
+        // Chains left to other processes are not a failure a scheduler should give up on.
+        let busy = e.downcast_ref::<experiment::ChainsBusy>().is_some();
+        std::process::exit(if busy { experiment::BUSY_EXIT } else { 1 });
     }
 }

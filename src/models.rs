@@ -12,11 +12,14 @@ use ngram::{NgramConfig, NgramKind, Smoothing};
 use serde::Deserialize;
 use train::GptKind;
 
+use crate::device::describe_with_precision;
 use crate::tools::load_model_on;
 
 /// The models of a run on one device.
 pub struct RunModels {
     pub device: Device,
+    /// TF32 matmuls on CUDA (recorded with every round).
+    pub tf32: bool,
 }
 
 /// The GPT a `[model]` section describes, for a tokenizer of `vocab_size` tokens.
@@ -96,7 +99,8 @@ impl experiment::Models for RunModels {
         }
         let config = gpt_config(m, vocab_size);
         config.validate()?;
-        let kind = GptKind::new(config.clone(), self.device.clone());
+        let kind = GptKind::new(config.clone(), self.device.clone())
+            .labelled(describe_with_precision(&self.device, self.tf32));
         Ok(match &m.init_from {
             Some(path) => {
                 Box::new(kind.starting_from(&initial_model(&config, &self.device, path)?)?)

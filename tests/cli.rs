@@ -106,6 +106,11 @@ fn killed_and_resumed_runs_give_bit_identical_metrics() {
     let full_ms = started.elapsed().as_millis() as u64;
     let reference = metrics(&f.path("straight"));
     assert_eq!(reference.len(), 9);
+    // Every round says what it trained and sampled on.
+    for r in &reference {
+        assert_eq!(r["train_device"], "cpu, f32", "{r}");
+        assert_eq!(r["generate_device"], "cpu, f32", "{r}");
+    }
     // Round 0 is shared: the chains that read its files from disk (all but the one that computed it) have the
     // computed chain's numbers to the last bit (JSON floats read back exactly).
     let round0: Vec<Value> = reference
@@ -441,21 +446,40 @@ fn a_changed_config_corrupt_checkpoints_and_a_second_process_are_refused() {
         .success());
     assert_eq!(metrics(&f.path("r")), reference);
 
-    // A chain another process works on is left to it: this one says so and exits cleanly, touching nothing
-    // of that chain; `status` shows it running.
+    // A chain another process works on is left to it: this one says so, touching nothing of that chain, and
+    // exits with the busy status (75) and one line, as the chain is not finished; `status` shows it running.
+    // With --jobs the parent says the same of its worker.
     let lock = std::fs::File::options()
         .write(true)
         .open(f.path("r/accumulate/rep-0/lock"))
         .unwrap();
     lock.lock().unwrap();
     std::fs::remove_file(f.path("r/accumulate/rep-0/round-2/metrics.json")).unwrap();
-    let o = f.run(&["run", "config.toml", "--out", "r"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    for jobs in ["1", "2"] {
+        let o = f.run(&["run", "config.toml", "--out", "r", "--jobs", jobs]);
+        assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+        let e = error_line(&o);
+        assert!(
+            e.contains("1 chain(s) are busy in another process and not finished (accumulate/0)"),
+            "{e}"
+        );
+    }
+    let o = f.run(&["run", "config.toml", "--out", "r", "--jobs", "1"]);
     assert!(
         stderr(&o).contains("chain accumulate/0 is busy in another process"),
         "{}",
         stderr(&o)
     );
+    // Chains that are finished are not busy, whoever holds their lock.
+    let o = f.run(&[
+        "run",
+        "config.toml",
+        "--out",
+        "r",
+        "--only",
+        "synthetic-only",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(!f.path("r/accumulate/rep-0/round-2/metrics.json").exists());
     let st = String::from_utf8_lossy(&f.run(&["status", "r"]).stdout).into_owned();
     assert!(st.contains("running in another process"), "{st}");
@@ -873,7 +897,10 @@ fn slurm_writes_a_job_array_of_chains() {
         "#SBATCH --gres=gpu:1",
         "#SBATCH --time=01:00:00",
         "CHAINS=(synthetic-only/0 accumulate/0 decaying-alpha/0)",
-        "--only \"${CHAINS[$SLURM_ARRAY_TASK_ID]}\"",
+        "CHAIN=${CHAINS[$SLURM_ARRAY_TASK_ID]}",
+        "--device 'cuda' --only \"$CHAIN\"",
+        "if [ \"$status\" -eq 75 ]; then",
+        "scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"",
     ] {
         assert!(script.contains(want), "{want} missing from:\n{script}");
     }
@@ -881,6 +908,23 @@ fn slurm_writes_a_job_array_of_chains() {
         f.path("s/config.toml").exists(),
         "the config is frozen before any task runs"
     );
+
+    // A directory frozen for the CPU (a short test run first) is not silently given GPU tasks that would
+    // train on the CPU: refused in one line unless told, and then every task line says cuda.
+    let o = f.run(&["slurm", "config.toml", "--out", "c", "--time", "00:10:00"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cpu = std::fs::read_to_string(f.path("c/slurm/collapse-lab.sbatch")).unwrap();
+    assert!(cpu.contains("--device 'cpu' --only"), "{cpu}");
+    let gpu = ["slurm", "config.toml", "--out", "c", "--gpus-per-task", "1"];
+    let e = error_line(&f.run(&gpu));
+    assert!(
+        e.contains("was started on device \"cpu\"; these tasks would run on \"cuda\": pass --switch-device"),
+        "{e}"
+    );
+    let o = f.run(&[&gpu[..], &["--switch-device"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let moved = std::fs::read_to_string(f.path("c/slurm/collapse-lab.sbatch")).unwrap();
+    assert!(moved.contains("--device 'cuda' --only"), "{moved}");
 }
 
 /// A round's finished training checkpoint (`ckpt-STEP`, not `.partial`), if it has one.
@@ -1065,4 +1109,36 @@ fn the_report_page_renders_in_headless_chromium() {
         "a page with a plot and a table, not a blank one ({} bytes)",
         png.len()
     );
+}
+
+/// A worker that dies by a signal is reported with the signal and what to do, not with its last progress
+/// line: here a file-size limit (SIGXFSZ) stops the first large write of a worker (the token cache), while
+/// the parent, which writes only small files, reports it.
+#[test]
+fn a_worker_killed_by_a_signal_is_reported_as_such() {
+    let f = Fixture::tiny();
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -f 64 && exec \"$0\" run config.toml --out x --jobs 2",
+            common::BIN,
+        ])
+        .current_dir(f.path(""))
+        .env_remove("COLLAPSE_DATA")
+        .env_remove("COLLAPSE_TOKENIZER")
+        .env("COLLAPSE_CACHE", f.path("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let e = error_line(&o);
+    assert!(e.contains("killed by signal SIGXFSZ"), "{e}");
+    assert!(e.contains("ulimit -f"), "{e}");
+    assert!(
+        !e.contains("tokenising"),
+        "the last progress line is no reason: {e}"
+    );
+    // Without the limit the same command resumes and finishes.
+    let o = f.run(&["run", "config.toml", "--out", "x", "--jobs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -33,3 +33,22 @@ pub use round::run;
 pub use rundir::{frozen_config, phase_dir, read_json, read_verified, write_atomic, RunDir};
 pub use samples::{read_samples_file, refresh_generation_stats, GenerationStats, Sample};
 pub use status::status;
+
+/// The exit status of a `run` that left selected chains unfinished because other processes hold them (a
+/// Slurm task requeues itself on it): sysexits' EX_TEMPFAIL, "try again later".
+pub const BUSY_EXIT: i32 = 75;
+
+/// Selected chains were busy in other processes and are not finished: nothing failed, but this process did
+/// not finish them either.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} chain(s) are busy in another process and not finished ({}): a process on another node or a dead one \
+     whose lock the file system still holds; run again later (`collapse-lab status {}` shows them)",
+    chains.len(),
+    chains.join(", "),
+    root.display()
+)]
+pub struct ChainsBusy {
+    pub chains: Vec<String>,
+    pub root: std::path::PathBuf,
+}

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::FilterSpec;
 use crate::phases::curate::{verifier_dir, CurationMetrics};
 use crate::phases::evaluate::EvalRecord;
+use crate::phases::generate::Generated;
 use crate::phases::tails::TailsRecord;
 use crate::phases::train::TrainRecord;
 use crate::round::Round;
 use crate::rundir::{read_json, write_atomic, write_json, RunDir};
-use crate::samples::{set_generation_stats, GenerationStats};
+use crate::samples::set_generation_stats;
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +93,12 @@ pub struct MetricsRow {
     /// of the pool fresh documents are drawn from (without replacement, which the bridge accounts for).
     #[serde(default)]
     pub corpus_tokens: Option<usize>,
+    /// What the round trained and sampled on: the device, its name and the precision of its matmuls (see
+    /// README, "Reproducibility"). Absent from rows written before they were recorded.
+    #[serde(default)]
+    pub train_device: Option<String>,
+    #[serde(default)]
+    pub generate_device: Option<String>,
     /// Passes over D_t's tokens: steps x batch x block / train_tokens.
     #[serde(default)]
     pub train_passes: Option<f64>,
@@ -136,12 +143,13 @@ pub struct MetricsRow {
 pub(crate) fn phase(
     r: &Round,
     manifest: &corpus::Manifest,
+    wall_compose: f64,
     train_rec: &TrainRecord,
     eval: &EvalRecord,
-    gen: &GenerationStats,
+    generated: &Generated,
     tails: &TailsRecord,
-    (wall_compose, wall_generate): (f64, f64),
 ) -> Result<()> {
+    let gen = &generated.stats;
     let (ctx, dir, setting, rep, t, rd) = (r.ctx, r.dir, r.setting, r.rep, r.t, &r.rd);
     let cfg = &ctx.cfg;
     let rp = &manifest.plan;
@@ -184,6 +192,8 @@ pub(crate) fn phase(
         gen_drawn: 0,
         model_risk: eval.risk,
         categorical_c: ctx.reference.as_ref().and_then(|r| r.categorical_c()),
+        train_device: train_rec.device.clone(),
+        generate_device: generated.device.clone(),
         corpus_tokens: Some(ctx.doc_tokens.iter().map(|d| d.len() + 1).sum()),
         real_tokens: Some(
             manifest
@@ -213,7 +223,7 @@ pub(crate) fn phase(
         wall_compose_s: wall_compose,
         wall_train_s: train_rec.wall_s,
         wall_eval_s: eval.wall_s,
-        wall_generate_s: wall_generate,
+        wall_generate_s: generated.wall_s,
         curation: match (&manifest.curation, &setting.curation) {
             (Some(r), Some(f)) => Some(CurationMetrics {
                 counts: r.counts.clone(),

@@ -46,7 +46,7 @@ pub fn run(cfg: Config, out: &Path, models: &dyn Models, sel: Selection) -> Resu
             progress.note(&format!(
                 "chain {setting}/{rep} is busy in another process: leaving it to that one"
             ));
-            busy.push(format!("{setting}/{rep}"));
+            busy.push((setting, rep));
             continue;
         };
         let mut samples = SampleStore::default();
@@ -62,20 +62,26 @@ pub fn run(cfg: Config, out: &Path, models: &dyn Models, sel: Selection) -> Resu
     }
     progress.finish();
     rebuild_metrics(&dir)?;
-    if busy.is_empty() {
-        eprintln!(
-            "[collapse-lab] run complete: {} (see `collapse-lab report {}`)",
-            dir.root.join("metrics.jsonl").display(),
-            dir.root.display()
-        );
-    } else {
-        eprintln!(
-            "[collapse-lab] done here; {} chain(s) were busy in other processes ({}): `collapse-lab status {}` shows them",
-            busy.len(),
-            busy.join(", "),
-            dir.root.display()
-        );
+    // A busy chain another process finished meanwhile is no reason to fail.
+    busy.retain(|(setting, rep): &(&SettingSpec, usize)| {
+        !(0..rounds).all(|t| {
+            dir.round_dir(&setting.name, *rep, t)
+                .join("metrics.json")
+                .exists()
+        })
+    });
+    if !busy.is_empty() {
+        return Err(crate::ChainsBusy {
+            chains: busy.iter().map(|(s, r)| format!("{s}/{r}")).collect(),
+            root: dir.root.clone(),
+        }
+        .into());
     }
+    eprintln!(
+        "[collapse-lab] run complete: {} (see `collapse-lab report {}`)",
+        dir.root.join("metrics.jsonl").display(),
+        dir.root.display()
+    );
     Ok(())
 }
 
@@ -124,16 +130,16 @@ fn run_round(
     let (manifest, wall_compose) = compose::phase(&r, samples)?;
     let (model, train_rec) = train::phase(&r, samples, &manifest)?;
     let eval = evaluate::phase(&r, &*model)?;
-    let (all_samples, gen, wall_generate) = generate::phase(&r, &*model)?;
-    let tails = tails::phase(&r, &*model, &all_samples)?;
+    let generated = generate::phase(&r, &*model)?;
+    let tails = tails::phase(&r, &*model, &generated.samples)?;
     drop(shared);
     crate::metrics::phase(
         &r,
         &manifest,
+        wall_compose,
         &train_rec,
         &eval,
-        &gen,
+        &generated,
         &tails,
-        (wall_compose, wall_generate),
     )
 }

@@ -47,6 +47,7 @@ impl RunDir {
                 root.display()
             )
         })?;
+        check_locks(root)?;
         let dir = Self {
             root: root.to_path_buf(),
         };
@@ -100,6 +101,88 @@ impl RunDir {
     }
 }
 
+/// Set to 1 when every process of a run works on one node: then node-local locks are enough.
+pub const SINGLE_NODE_ENV: &str = "COLLAPSE_SINGLE_NODE";
+
+/// Refuses a run directory whose file system keeps flock locks on each node: NFS mounted `nolock` or with
+/// `local_lock=flock|all`, or Lustre with `localflock`. Two nodes would then both take one chain's lock and
+/// write its files at once. Elsewhere (local disks; NFSv4, or NFSv3 with its lock manager, where the kernel
+/// turns flock into a lock the server holds) the locks are trusted.
+fn check_locks(root: &Path) -> Result<()> {
+    if std::env::var(SINGLE_NODE_ENV).is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    let (Ok(path), Ok(info)) = (
+        std::fs::canonicalize(root),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return Ok(()); // not Linux, or no such view: nothing to go by
+    };
+    if let Some(why) = node_local_locks(&info, &path) {
+        bail!(
+            "{} is on a file system whose locks other nodes do not see ({why}): two nodes could run one chain at \
+             once; use a directory on a local disk or on NFS with working locks (NFSv4, or v3 with lockd and \
+             local_lock=none), or set {SINGLE_NODE_ENV}=1 if every process of this run works on this node",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// Why the mount holding `path` keeps locks node-local, from `/proc/self/mountinfo`'s text; `None` if it does
+/// not (or no mount holds it).
+pub(crate) fn node_local_locks(mountinfo: &str, path: &Path) -> Option<String> {
+    // Mount points escape spaces and the like as octal: "\040".
+    let unescape = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && i + 4 <= b.len() {
+                if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut best: Option<(usize, String, String)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split_whitespace().nth(4).map(unescape) else {
+            continue;
+        };
+        let mut r = right.split_whitespace();
+        let (Some(fstype), _, Some(options)) = (r.next(), r.next(), r.next()) else {
+            continue;
+        };
+        if path.starts_with(&mount_point) && best.as_ref().is_none_or(|b| mount_point.len() >= b.0)
+        {
+            best = Some((mount_point.len(), fstype.to_string(), options.to_string()));
+        }
+    }
+    let (_, fstype, options) = best?;
+    let has = |o: &str| options.split(',').any(|x| x == o);
+    match fstype.as_str() {
+        "nfs" | "nfs4" if has("nolock") => Some(format!("{fstype} mounted nolock")),
+        "nfs" | "nfs4" if has("local_lock=flock") || has("local_lock=all") => Some(format!(
+            "{fstype} mounted {}",
+            options
+                .split(',')
+                .find(|x| x.starts_with("local_lock="))
+                .unwrap_or_default()
+        )),
+        "lustre" if has("localflock") => Some("lustre mounted localflock".into()),
+        _ => None,
+    }
+}
+
 /// Whether another process works on a chain now (for `status`).
 pub fn chain_busy(root: &Path, setting: &str, rep: usize) -> bool {
     let path = root.join(setting).join(format!("rep-{rep}")).join("lock");
@@ -142,7 +225,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    persist(dir, path, bytes).with_context(|| {
+    persist(path, bytes).with_context(|| {
         format!(
             "cannot write {} (disk full or not writable?)",
             path.display()
@@ -150,26 +233,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// The temporary file gets a random name (several processes, on several nodes of a shared file system, may
-/// write the same file) and the permissions of any other new file, 0666 less the umask (tempfile's 0600 would
-/// hide a shared run directory from the rest of a cluster group).
-fn persist(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// atomic-write-file gives the temporary file a random name (several processes, on several nodes of a shared
+/// file system, may write the same file) and a new file the permissions of any other, 0666 less the umask
+/// (tempfile's 0600 would hide a shared run directory from the rest of a cluster group).
+fn persist(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".tmp-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+    file.write_all(bytes)?;
+    file.commit()
 }
 
 /// `FILE.sha256` beside `FILE`, in `sha256sum` format, so `sha256sum -c` checks a run directory by hand too.
@@ -260,6 +331,40 @@ pub fn phase_dir(root: &Path, setting: &str, n0: usize, rep: usize, t: usize) ->
         own
     } else {
         shared_round0_dir(root, n0, rep)
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::node_local_locks;
+    use std::path::Path;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 22 0:50 / /scratch rw,relatime - nfs 10.0.0.5:/scratch rw,vers=3,hard,proto=tcp,local_lock=none,addr=10.0.0.5
+41 22 0:51 / /scratch/fast rw,relatime - nfs 10.0.0.6:/fast rw,vers=3,nolock,proto=tcp,local_lock=all,addr=10.0.0.6
+42 22 0:52 / /home rw,relatime - nfs4 10.0.0.5:/home rw,vers=4.2,local_lock=none,addr=10.0.0.5
+43 22 0:53 / /my\\040runs rw,relatime - nfs 10.0.0.7:/r rw,vers=3,local_lock=flock,addr=10.0.0.7
+44 22 0:54 / /lus rw - lustre 10.0.0.8@tcp:/lus rw,localflock
+";
+
+    #[test]
+    fn node_local_locks_are_found_on_the_mount_that_holds_the_path() {
+        let at = |p: &str| node_local_locks(MOUNTINFO, Path::new(p));
+        assert_eq!(at("/tmp/run"), None);
+        assert_eq!(at("/scratch/run"), None, "NFSv3 with lockd: trusted");
+        assert_eq!(at("/home/me/run"), None);
+        assert_eq!(
+            at("/scratch/fast/run").as_deref(),
+            Some("nfs mounted nolock")
+        );
+        assert_eq!(
+            at("/my runs/a").as_deref(),
+            Some("nfs mounted local_lock=flock")
+        );
+        assert_eq!(at("/lus/x").as_deref(), Some("lustre mounted localflock"));
+        // A path beside a mount point, not under it.
+        assert_eq!(at("/scratchy/run"), None);
     }
 }
 

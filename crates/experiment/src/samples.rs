@@ -121,12 +121,18 @@ fn read_samples_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 /// A round's generated documents, in generation order, and the generation phase's wall time (its first line).
-pub fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Sample>)> {
+pub fn read_samples_file(path: &Path) -> Result<(SamplesMeta, Vec<Sample>)> {
     let mut lines = read_samples_lines(path)?.into_iter();
     let meta = lines
         .next()
         .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
-    let wall = meta.and_then(|m| m["meta"]["wall_s"].as_f64());
+    let wall = SamplesMeta {
+        wall_s: meta.as_ref().and_then(|m| m["meta"]["wall_s"].as_f64()),
+        device: meta
+            .as_ref()
+            .and_then(|m| m["meta"]["device"].as_str())
+            .map(String::from),
+    };
     let docs = lines
         .map(|l| {
             serde_json::from_str::<Sample>(&l)
@@ -134,6 +140,14 @@ pub fn read_samples_file(path: &Path) -> Result<(Option<f64>, Vec<Sample>)> {
         })
         .collect::<Result<_>>()?;
     Ok((wall, docs))
+}
+
+/// The head line of a samples file: how long the generation took and what it ran on (absent from files
+/// written before they were recorded).
+#[derive(Debug, Clone, Default)]
+pub struct SamplesMeta {
+    pub wall_s: Option<f64>,
+    pub device: Option<String>,
 }
 
 /// What a chain's share of a round's generated documents looks like.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 use crate::plan::{chains, parse_only};
@@ -31,7 +31,13 @@ pub struct SlurmArgs {
     pub only: Option<String>,
     /// At most this many tasks at once (`--array=...%N`).
     pub max_running: Option<u32>,
+    /// Allow tasks on another device than the run directory's frozen config names.
+    pub switch_device: bool,
 }
+
+/// Seconds a task whose chain is busy waits before it requeues itself, unless `COLLAPSE_BUSY_WAIT` (in the
+/// submitting environment, which sbatch passes on) says otherwise.
+const BUSY_WAIT_S: u32 = 120;
 
 fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
@@ -51,6 +57,20 @@ pub fn write(a: SlurmArgs) -> Result<()> {
     }
     let sel = parse_only(a.only.as_deref(), &cfg)?;
     let out = absolute(&a.out)?;
+    // The device is no part of the frozen config's identity (a run may move between devices), so a
+    // directory frozen for the CPU would quietly give GPU tasks the CPU: say so unless told.
+    let device = cfg.experiment.device.clone();
+    if out.join("config.toml").exists() {
+        let frozen = crate::rundir::frozen_config(&out)?;
+        if frozen.experiment.device != device && !a.switch_device {
+            bail!(
+                "{} was started on device {:?}; these tasks would run on {device:?}: pass --switch-device to \
+                 move it (each round's metrics record its device), or use another --out",
+                out.display(),
+                frozen.experiment.device
+            );
+        }
+    }
     // Freeze the config now: every task runs exactly it, and a changed config is refused here, not on a node.
     RunDir::open(&out, &cfg)?;
     let exe = std::env::current_exe().context("cannot find the collapse-lab binary")?;
@@ -78,15 +98,26 @@ pub fn write(a: SlurmArgs) -> Result<()> {
     if let Some(g) = a.gpus_per_task {
         head.push_str(&format!("#SBATCH --gres=gpu:{g}\n"));
     }
+    let busy = crate::BUSY_EXIT;
     let script = format!(
-        "{head}\nset -euo pipefail\nCHAINS=({})\nexport RAYON_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{}}}\n\
+        "{head}\nset -uo pipefail\nCHAINS=({})\nexport RAYON_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{}}}\n\
+         CHAIN=${{CHAINS[$SLURM_ARRAY_TASK_ID]}}\n\
          # A requeued task starts again here and resumes its chain from the last checkpoint.\n\
-         exec {} run {} --out {} --only \"${{CHAINS[$SLURM_ARRAY_TASK_ID]}}\"\n",
+         {} run {} --out {} --device {} --only \"$CHAIN\"\nstatus=$?\n\
+         # {busy}: the chain is held by another process (a dead node's lock the file system has not released\n\
+         # yet, or a second submission): wait, then requeue this task rather than end it COMPLETED undone.\n\
+         if [ \"$status\" -eq {busy} ]; then\n\
+         \x20 echo \"collapse-lab: chain $CHAIN is busy in another process; requeueing task \
+         ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} in ${{COLLAPSE_BUSY_WAIT:-{BUSY_WAIT_S}}} s\" >&2\n\
+         \x20 sleep \"${{COLLAPSE_BUSY_WAIT:-{BUSY_WAIT_S}}}\"\n\
+         \x20 scontrol requeue \"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}\"\n\
+         fi\nexit \"$status\"\n",
         tasks.join(" "),
         a.cpus_per_task,
         q(&exe.to_string_lossy()),
         q(&out.join("config.toml").to_string_lossy()),
         q(&out.to_string_lossy()),
+        q(&device),
     );
     let path = out.join("slurm/collapse-lab.sbatch");
     std::fs::create_dir_all(out.join("slurm/logs"))

@@ -39,6 +39,7 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
     );
     let mut running: Vec<(usize, String, Child, std::thread::JoinHandle<String>)> = Vec::new();
     let mut failed = Vec::new();
+    let mut busy = Vec::new();
     let mut next_worker = 0;
     let mut free: Vec<usize> = (0..jobs).rev().collect();
     loop {
@@ -100,8 +101,10 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
             if let Some(status) = running[i].2.try_wait()? {
                 let (w, chain, _, reader) = running.swap_remove(i);
                 let last = reader.join().unwrap_or_default();
-                if !status.success() {
-                    failed.push((chain.to_string(), last));
+                match exit_reason(status, &last) {
+                    Exit::Done => {}
+                    Exit::Busy => busy.push(chain.to_string()),
+                    Exit::Failed(why) => failed.push((chain.to_string(), why)),
                 }
                 free.push(w);
             } else {
@@ -135,9 +138,97 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
             groups.join("; ")
         );
     }
+    if !busy.is_empty() {
+        return Err(crate::ChainsBusy {
+            chains: busy,
+            root: args.out.to_path_buf(),
+        }
+        .into());
+    }
     eprintln!(
         "[collapse-lab] all {next_worker} chains done (see `collapse-lab report {}`)",
         args.out.display()
     );
     Ok(())
+}
+
+enum Exit {
+    Done,
+    /// Its chain was held by another process (see [`crate::BUSY_EXIT`]).
+    Busy,
+    /// Why, in one line: its own error line, or the signal that killed it.
+    Failed(String),
+}
+
+/// What a worker's exit status says, with its last line of output.
+fn exit_reason(status: std::process::ExitStatus, last: &str) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Exit::Done;
+    }
+    if status.code() == Some(crate::BUSY_EXIT) {
+        return Exit::Busy;
+    }
+    match status.signal() {
+        // A worker killed by a signal wrote no error line: its last line is progress, not a reason.
+        Some(sig) => Exit::Failed(format!(
+            "killed by signal {} ({}){}",
+            signal_name(sig),
+            signal_description(sig),
+            signal_advice(sig)
+        )),
+        None => Exit::Failed(last.trim_start_matches("error: ").to_string()),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    let names = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGPIPE, "SIGPIPE"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == sig)
+        .map_or(format!("{sig}"), |(_, name)| name.to_string())
+}
+
+fn signal_description(sig: i32) -> String {
+    // SAFETY: strsignal returns a pointer to a static or thread-local string, read at once.
+    let s = unsafe { libc::strsignal(sig) };
+    if s.is_null() {
+        return "unknown signal".into();
+    }
+    // SAFETY: a non-null strsignal result is a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(s) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What to do about the usual signals; the chain's finished phases are kept either way.
+fn signal_advice(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGXFSZ => {
+            ": a file-size limit (ulimit -f) stopped a write; raise it and run again to resume"
+        }
+        libc::SIGKILL => {
+            ": the out-of-memory killer or a scheduler's limit, most often (see dmesg or the job's log); \
+             run again to resume, with fewer --jobs if memory ran out"
+        }
+        libc::SIGXCPU => ": a CPU-time limit (ulimit -t); raise it and run again to resume",
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGABRT => {
+            ": a crash; run again to resume, and report it with the chain's log if it repeats"
+        }
+        _ => ": run again to resume",
+    }
 }

@@ -20,8 +20,8 @@ pub use model::{
     serialize_safetensors, Chunking, Gpt, KvCache,
 };
 pub use sample::{
-    device_sampler_chi_square, generate, generate_on_device, gumbel_argmax, ChiSquare, Decoder,
-    GenerateConfig, Sampler, GUMBEL_U_MAX, GUMBEL_U_MIN,
+    device_sampler_chi_square, filter_on_device, generate, generate_on_device, gumbel_argmax,
+    ChiSquare, Decoder, GenerateConfig, Sampler, GUMBEL_ROWS, GUMBEL_U_MAX, GUMBEL_U_MIN,
 };
 
 /// Errors of the model crate.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::SeedableRng;
@@ -209,6 +210,7 @@ impl CausalSelfAttention {
         (past, capacity): (usize, usize),
         dropout: &mut Option<Dropout>,
         (cpu_kernels, grad): (bool, bool),
+        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let c = x.dim(1)?;
         let (nh, hd) = (self.n_head, c / self.n_head);
@@ -235,14 +237,11 @@ impl CausalSelfAttention {
         let tk = past + t;
         let mut att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         if t > 1 {
-            // Query i sits at position past + i and sees keys 0..=past + i.
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, tk), x.device())?.to_dtype(att.dtype())?;
-            att = att.broadcast_add(&mask)?;
+            let mask = mask.ok_or_else(|| {
+                Error::Config("attention over several positions needs its mask".into())
+            })?;
+            debug_assert_eq!(mask.dims2()?, (t, tk));
+            att = att.broadcast_add(mask)?;
         }
         let mut att = if grad {
             softmax_last_dim(&att)?
@@ -306,7 +305,13 @@ pub struct Gpt {
     /// Use the CPU kernels of `cpu_ops` and `fused` where they apply (on by default).
     cpu_kernels: bool,
     chunking: Chunking,
+    /// Causal masks by (past, new positions, dtype), on the model's device: built on the host and uploaded
+    /// once, not at every forward of every layer.
+    masks: Mutex<HashMap<(usize, usize, DType), Tensor>>,
 }
+
+/// Masks kept at most: training and evaluation use one, generation one per prompt length it re-fills.
+const MAX_MASKS: usize = 64;
 
 /// How the CPU kernels split their work. Results do not depend on it beyond rounding; the tests set small
 /// values so several chunks (and a ragged last one) are finite-difference checked.
@@ -459,6 +464,7 @@ impl Gpt {
             params,
             cpu_kernels: true,
             chunking: Chunking::default(),
+            masks: Mutex::default(),
         })
     }
 
@@ -505,6 +511,26 @@ impl Gpt {
         }
     }
 
+    /// The additive causal mask `[t, past + t]` in the model's dtype on its device: query i sits at position
+    /// past + i and sees keys 0..=past + i.
+    fn causal_mask(&self, past: usize, t: usize) -> Result<Tensor> {
+        let key = (past, t, self.dtype());
+        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = masks.get(&key) {
+            return Ok(m.clone());
+        }
+        let tk = past + t;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, tk), self.device())?.to_dtype(self.dtype())?;
+        if masks.len() >= MAX_MASKS {
+            masks.clear();
+        }
+        masks.insert(key, mask.clone());
+        Ok(mask)
+    }
+
     /// Hidden states after `ln_f`, `[B*T, C]`, for tokens `idx` `[B, T]` that follow `cache`'s positions.
     fn hidden(
         &self,
@@ -537,6 +563,13 @@ impl Gpt {
         }
         let k = self.uses_fused_cpu_kernel();
         let ln = k.then_some(self.chunking.layer_norm_rows);
+        // The fused CPU kernel masks by itself; every other path over several positions adds the mask.
+        let fused = k && past == 0 && dropout.is_none();
+        let mask = if t > 1 && !fused {
+            Some(self.causal_mask(past, t)?)
+        } else {
+            None
+        };
         for (l, block) in self.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = block.attn.forward(
@@ -546,6 +579,7 @@ impl Gpt {
                 (past, capacity),
                 &mut dropout,
                 (k, grad),
+                mask.as_ref(),
             )?;
             x = (x + a)?;
             let m =
@@ -836,32 +870,13 @@ pub fn deserialize_safetensors(
     Ok((out, meta))
 }
 
-/// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new one: temp file in the
-/// same directory, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new one (atomic-write-file:
+/// a temp file in the same directory, fsync, rename, fsync of the directory). Its temporary name is random,
+/// not the PID's (on a file system several nodes share, two processes may have one PID), and a new file gets
+/// 0666 less the umask, not tempfile's 0600, so a run directory shared by a cluster group stays readable.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+    file.write_all(bytes)?;
+    file.commit()
 }

@@ -309,7 +309,7 @@ pub fn generate(
     if count == 0 || cfg.max_new_tokens == 0 {
         return Ok(vec![Vec::new(); count]);
     }
-    if !model.device().is_cpu() && cfg.top_k.is_none() && cfg.top_p.is_none() {
+    if !model.device().is_cpu() {
         return generate_on_device(
             model,
             prompt,
@@ -371,10 +371,12 @@ pub fn generate(
 /// [`gumbel_argmax`]), feeds the new tokens straight back as the next input, and reads back only a
 /// finished-flag every 16 steps and the tokens once at the end. Finished sequences keep running (their tokens
 /// are cut at the stop token), which costs less on a GPU than compacting the batch. On a GPU the uniforms are
-/// the device's, seeded with `seed`: reproducible on one device, not across devices. On the CPU (where
-/// candle's generator cannot be seeded) they come from a ChaCha stream seeded with `seed`, so a CPU run of
-/// this path is reproducible and testable. Top-k and top-p need a sort of each row, which candle's CUDA sort
-/// cannot do for vocabulary-wide rows, so those settings sample on the host.
+/// the device's, seeded with `seed`: one generator serves the whole batch, so a sequence's tokens depend on
+/// the batch it ran in, and a run is reproducible on one device and batch size, not across them. On the CPU
+/// (where candle's generator cannot be seeded) they come from a ChaCha stream seeded with `seed`, so a CPU
+/// run of this path is reproducible and testable. Top-k and top-p filter each row on the device by
+/// bisecting for its threshold ([`filter_on_device`]): candle's CUDA sort cannot sort vocabulary-wide rows.
+/// The batch is drawn [`GUMBEL_ROWS`] rows at a time, which bounds the f64 temporaries of the Gumbel draw.
 pub fn generate_on_device(
     model: &Gpt,
     prompt: &[u32],
@@ -405,8 +407,14 @@ pub fn generate_on_device(
         let next = if cfg.temperature == 0.0 {
             logits.argmax(D::Minus1)?
         } else {
-            let u = uniforms.draw(logits.shape())?;
-            gumbel_argmax(&logits, cfg.temperature as f64, &u)?
+            let mut parts = Vec::new();
+            for start in (0..count).step_by(GUMBEL_ROWS) {
+                let rows = logits.narrow(0, start, GUMBEL_ROWS.min(count - start))?;
+                let rows = filter_on_device(&rows, cfg)?;
+                let u = uniforms.draw(rows.shape())?;
+                parts.push(gumbel_argmax(&rows, cfg.temperature as f64, &u)?);
+            }
+            Tensor::cat(&parts, 0)?
         };
         drawn.push(next.clone());
         if let Some(stop) = &stop {
@@ -435,6 +443,76 @@ pub fn generate_on_device(
             None => row,
         })
         .collect())
+}
+
+/// Rows of a batch drawn at once on the device. The Gumbel draw holds about seven f64 `[rows, V]`
+/// temporaries (uniforms, their clamp and logs, the scaled logits, their sum): at GPT-2's 50,257 tokens that
+/// is 180 MB for 64 rows, against 2.8 GB for a batch of 1,000 drawn whole.
+pub const GUMBEL_ROWS: usize = 64;
+
+/// Bisection steps for a row's threshold: 64 halvings of an f64 interval reach adjacent values of any f32
+/// range a row of logits or probabilities spans.
+const BISECTION_STEPS: usize = 64;
+
+/// Top-k, then top-p, of `logits` `[rows, V]` divided by the temperature, on their device: the tokens outside
+/// get -inf, the others keep their logits. Each row's threshold is found by bisection (about 3 small kernels
+/// a step), as candle has no vocabulary-wide sort on CUDA. Top-k keeps every logit at least the k-th
+/// largest, as the host sampler does; top-p keeps every token whose probability is at least the smallest
+/// one of the nucleus, so where several tokens tie at that probability all are kept (the host sampler takes
+/// as many of them as reach p, in token order).
+pub fn filter_on_device(logits: &Tensor, cfg: &GenerateConfig) -> Result<Tensor> {
+    use candle_core::D;
+    let v = logits.dim(D::Minus1)?;
+    let top_k = cfg.top_k.filter(|&k| k < v);
+    let top_p = cfg.top_p.filter(|&p| p < 1.0);
+    if top_k.is_none() && top_p.is_none() || cfg.temperature == 0.0 {
+        return Ok(logits.clone());
+    }
+    let x = (logits.to_dtype(DType::F32)? / cfg.temperature as f64)?;
+    let neg_inf = x.ones_like()?.affine(0.0, f64::NEG_INFINITY)?;
+    // The largest threshold per row (f64 [rows, 1]) with `enough(threshold)`, which must hold at `lo` and
+    // be monotone: lo stays a value where it holds, hi one where it does not.
+    let bisect = |values: &Tensor, enough: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> {
+        let values = values.to_dtype(DType::F64)?;
+        let mut lo = values.min_keepdim(D::Minus1)?;
+        let mut hi = (values.max_keepdim(D::Minus1)? + 1.0)?;
+        for _ in 0..BISECTION_STEPS {
+            let mid = ((&lo + &hi)? * 0.5)?;
+            let ok = enough(&mid)?;
+            lo = ok.where_cond(&mid, &lo)?;
+            hi = ok.where_cond(&hi, &mid)?;
+        }
+        Ok(lo)
+    };
+    // The thresholds are found on the tempered logits; the tokens kept keep their own logits, which the
+    // Gumbel draw divides by the temperature.
+    let (mut x, mut out) = (x, logits.clone());
+    let out_neg_inf = out.ones_like()?.affine(0.0, f64::NEG_INFINITY)?;
+    if let Some(k) = top_k {
+        let x64 = x.to_dtype(DType::F64)?;
+        let at_least_k = |t: &Tensor| -> Result<Tensor> {
+            let count = x64
+                .broadcast_ge(t)?
+                .to_dtype(DType::F64)?
+                .sum_keepdim(D::Minus1)?;
+            Ok(count.ge(k as f64)?)
+        };
+        let threshold = bisect(&x, &at_least_k)?;
+        let keep = x64.broadcast_ge(&threshold)?;
+        x = keep.where_cond(&x, &neg_inf)?;
+        out = keep.where_cond(&out, &out_neg_inf)?;
+    }
+    if let Some(p) = top_p {
+        let probs = candle_nn::ops::softmax_last_dim(&x)?.to_dtype(DType::F64)?;
+        let mass_reaches_p = |t: &Tensor| -> Result<Tensor> {
+            let kept = probs.broadcast_ge(t)?.to_dtype(DType::F64)?;
+            Ok((kept * &probs)?.sum_keepdim(D::Minus1)?.ge(p as f64)?)
+        };
+        let threshold = bisect(&probs, &mass_reaches_p)?;
+        let keep = probs.broadcast_ge(&threshold)?;
+        out = keep.where_cond(&out, &out_neg_inf)?;
+    }
+    Ok(out)
 }
 
 /// The smallest and largest uniform the Gumbel transform sees. In f64 the largest value below 1 is
@@ -506,14 +584,15 @@ impl ChiSquare {
     }
 }
 
-/// Draws the first token of `draws` sequences after `prompt` with [`generate_on_device`] and compares their
-/// frequencies with `softmax(logits / temperature)` of the prompt's logits (computed in f64 on the host).
-/// Cells expected fewer than 5 times are pooled into one.
+/// Draws the first token of `draws` sequences after `prompt` with [`generate_on_device`] under `cfg`'s
+/// temperature, top-k and top-p, and compares their frequencies with the distribution the host sampler
+/// draws from: `softmax(logits / temperature)` of the prompt's logits (in f64 on the host), restricted to the
+/// top k, then to the nucleus of mass p, and renormalised.
 pub fn device_sampler_chi_square(
     model: &Gpt,
     prompt: &[u32],
     draws: usize,
-    temperature: f32,
+    cfg: &GenerateConfig,
     seed: u64,
 ) -> Result<ChiSquare> {
     let idx = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
@@ -522,24 +601,41 @@ pub fn device_sampler_chi_square(
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_vec1()?;
-    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits
+    let t = cfg.temperature as f64;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    order.truncate(cfg.top_k.unwrap_or(logits.len()).min(logits.len()));
+    let max = logits[order[0]];
+    let e: Vec<f64> = order
         .iter()
-        .map(|&l| ((l - max) / temperature as f64).exp())
+        .map(|&i| ((logits[i] - max) / t).exp())
         .collect();
     let z: f64 = e.iter().sum();
-    let cfg = GenerateConfig {
+    let mut keep = e.len();
+    if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {
+        let mut cum = 0.0;
+        keep = e
+            .iter()
+            .position(|x| {
+                cum += x / z;
+                cum >= p as f64
+            })
+            .map_or(e.len(), |j| j + 1);
+    }
+    let kept: f64 = e[..keep].iter().sum();
+    let mut probs = vec![0.0; logits.len()];
+    for (j, &i) in order[..keep].iter().enumerate() {
+        probs[i] = e[j] / kept;
+    }
+    let one = GenerateConfig {
         max_new_tokens: 1,
-        temperature,
-        top_k: None,
-        top_p: None,
         stop_token: None,
+        ..cfg.clone()
     };
     let mut counts = vec![0usize; logits.len()];
-    for s in generate_on_device(model, prompt, draws, &cfg, seed)? {
+    for s in generate_on_device(model, prompt, draws, &one, seed)? {
         counts[s[0] as usize] += 1;
     }
-    let probs: Vec<f64> = e.iter().map(|p| p / z).collect();
     Ok(ChiSquare::of(&counts, &probs))
 }
 

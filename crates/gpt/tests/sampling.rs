@@ -17,6 +17,20 @@ fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
 /// The device sampler, run on the CPU through `generate_on_device`: the first token of 20,000 sequences
 /// follows softmax(logits / T) of the prompt's logits, and the chi-square check has the power to tell T = 1
 /// from T = 0.7.
+/// The model's next-token logits after `prompt`, on the CPU.
+fn last_logits(m: &Gpt, prompt: &[u32]) -> Vec<f32> {
+    let idx = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward_last(&idx, &mut KvCache::default())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 #[test]
 fn device_sampler_frequencies_match_the_softmax() {
     let mut cfg = GptConfig::tiny(64);
@@ -27,17 +41,7 @@ fn device_sampler_frequencies_match_the_softmax() {
         v.set(&(v.as_tensor() * 3.0).unwrap()).unwrap();
     }
     let prompt = [3u32, 7];
-    let idx = Tensor::new(&prompt, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits: Vec<f32> = m
-        .forward_last(&idx, &mut KvCache::default())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let logits = last_logits(&m, &prompt);
     let pmax = softmax(&logits, 1.0).into_iter().fold(0.0, f64::max);
     assert!(
         pmax > 3.0 / 64.0,
@@ -72,12 +76,54 @@ fn device_sampler_frequencies_match_the_softmax() {
         assert_eq!(counts, draw(temperature, 5));
         assert_ne!(counts, draw(temperature, 6));
         // The library's own check (used by `gpu-check` on CUDA) computes the same.
-        let lib = gpt::device_sampler_chi_square(&m, &prompt, 20_000, temperature, 5).unwrap();
+        let gc = GenerateConfig {
+            max_new_tokens: 1,
+            temperature,
+            top_k: None,
+            top_p: None,
+            stop_token: None,
+        };
+        let lib = gpt::device_sampler_chi_square(&m, &prompt, 20_000, &gc, 5).unwrap();
         assert!(
             (lib.statistic - c.statistic).abs() < 1e-6 * c.statistic,
             "{lib:?}"
         );
     }
+}
+
+/// With top-k and top-p the device sampler draws from the host sampler's filtered distribution, and the
+/// check can tell it from the unfiltered one.
+#[test]
+fn device_sampler_with_top_k_and_top_p_matches_the_filtered_softmax() {
+    let mut cfg = GptConfig::tiny(64);
+    cfg.block_size = 8;
+    let m = Gpt::new(&cfg, 21, DType::F32, &Device::Cpu).unwrap();
+    for (_, v) in m.params() {
+        v.set(&(v.as_tensor() * 3.0).unwrap()).unwrap();
+    }
+    let filtered = GenerateConfig {
+        max_new_tokens: 1,
+        temperature: 0.8,
+        top_k: Some(20),
+        top_p: Some(0.8),
+        stop_token: None,
+    };
+    let c = gpt::device_sampler_chi_square(&m, &[3, 7], 20_000, &filtered, 9).unwrap();
+    assert!(c.passes(), "{c:?}");
+    assert!(c.degrees_of_freedom >= 5, "{c:?}");
+    // The same draws against the unfiltered softmax fail: the filter did something.
+    let plain = GenerateConfig {
+        top_k: None,
+        top_p: None,
+        ..filtered.clone()
+    };
+    let mut counts = vec![0usize; 64];
+    for s in gpt::generate_on_device(&m, &[3, 7], 20_000, &filtered, 9).unwrap() {
+        counts[s[0] as usize] += 1;
+    }
+    let logits = last_logits(&m, &[3, 7]);
+    let wrong = ChiSquare::of(&counts, &softmax(&logits, plain.temperature as f64));
+    assert!(!wrong.passes(), "{wrong:?}");
 }
 
 /// curand's uniforms include 1.0, where -ln(-ln u) is +inf: such a slot must not win against a token
@@ -160,4 +206,119 @@ fn host_sampler_inverse_cdf_is_exact_on_adversarial_rows() {
     for r in [0.0, 0.5, 1.0 - f64::EPSILON / 2.0] {
         assert_eq!(top_p.sample_at(&mut row.clone(), r), 7);
     }
+}
+
+/// The device's top-k and top-p filter keeps the tokens the host sampler can draw: on random rows (no ties),
+/// the same set for every setting, at several temperatures.
+#[test]
+fn device_top_k_and_top_p_keep_the_host_sampler_s_tokens() {
+    use rand::{Rng, SeedableRng};
+    let (rows, v) = (6, 3000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let data: Vec<f32> = (0..rows * v)
+        .map(|i| rng.random::<f32>() * 12.0 - if i % v < 5 { 0.0 } else { 6.0 })
+        .collect();
+    let logits = Tensor::from_vec(data.clone(), (rows, v), &Device::Cpu).unwrap();
+    for (temperature, top_k, top_p) in [
+        (1.0f32, Some(50), None),
+        (0.7, None, Some(0.9f32)),
+        (1.3, Some(400), Some(0.5)),
+        (1.0, Some(1), None),
+        (1.0, None, Some(0.999)),
+    ] {
+        let gc = GenerateConfig {
+            max_new_tokens: 1,
+            temperature,
+            top_k,
+            top_p,
+            stop_token: None,
+        };
+        let kept = gpt::filter_on_device(&logits, &gc).unwrap();
+        let kept: Vec<Vec<f32>> = kept.to_vec2().unwrap();
+        let sampler = gc.sampler();
+        for (r, row) in kept.iter().enumerate() {
+            let mine: Vec<usize> = (0..v).filter(|&i| row[i].is_finite()).collect();
+            // The tokens the host sampler can draw: those at quantiles spread over [0, 1).
+            let mut host: Vec<usize> = Vec::new();
+            for q in 0..2_000 {
+                let mut l = data[r * v..(r + 1) * v].to_vec();
+                host.push(sampler.sample_at(&mut l, (q as f64 + 0.5) / 2_000.0) as usize);
+            }
+            host.sort();
+            host.dedup();
+            assert!(
+                host.iter().all(|i| mine.contains(i)),
+                "T {temperature} k {top_k:?} p {top_p:?}: the host draws a token the device filter drops"
+            );
+            // And the filter keeps nothing the host excludes: the host's set, computed exactly.
+            let mut scaled: Vec<f32> = data[r * v..(r + 1) * v]
+                .iter()
+                .map(|x| x / temperature)
+                .collect();
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+            let k = top_k.unwrap_or(v).min(v);
+            order.truncate(k);
+            if let Some(p) = top_p {
+                let max = scaled[order[0]];
+                scaled.iter_mut().for_each(|x| *x = (*x - max).exp());
+                let total: f64 = order.iter().map(|&i| scaled[i] as f64).sum();
+                let mut cum = 0.0;
+                let n = order
+                    .iter()
+                    .position(|&i| {
+                        cum += scaled[i] as f64;
+                        cum >= p as f64 * total
+                    })
+                    .map_or(order.len(), |j| j + 1);
+                order.truncate(n);
+            }
+            order.sort();
+            assert_eq!(
+                mine, order,
+                "T {temperature} k {top_k:?} p {top_p:?} row {r}"
+            );
+            // Kept tokens keep their own logits.
+            for &i in &mine {
+                assert_eq!(row[i], data[r * v + i]);
+            }
+        }
+    }
+}
+
+/// A batch larger than GUMBEL_ROWS is drawn in slices of rows from the same stream of uniforms: the tokens
+/// are those of one draw over the whole batch.
+#[test]
+fn the_device_sampler_s_row_slices_draw_what_the_whole_batch_would() {
+    use rand::{Rng, SeedableRng};
+    let mut cfg = GptConfig::tiny(64);
+    cfg.block_size = 8;
+    let m = Gpt::new(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let count = gpt::GUMBEL_ROWS * 2 + 17;
+    let gc = GenerateConfig {
+        max_new_tokens: 1,
+        temperature: 0.9,
+        top_k: None,
+        top_p: None,
+        stop_token: None,
+    };
+    let got: Vec<u32> = gpt::generate_on_device(&m, &[5], count, &gc, 77)
+        .unwrap()
+        .into_iter()
+        .map(|s| s[0])
+        .collect();
+    let idx = Tensor::new(&[5u32], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let row = m.forward_last(&idx, &mut KvCache::default()).unwrap();
+    let logits = row.repeat((count, 1)).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
+    let u: Vec<f64> = (0..count * 64).map(|_| rng.random()).collect();
+    let u = Tensor::from_vec(u, (count, 64), &Device::Cpu).unwrap();
+    let whole: Vec<u32> = gpt::gumbel_argmax(&logits, 0.9, &u)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, whole);
 }

@@ -284,6 +284,11 @@ pub trait ModelKind: Send + Sync {
     ) -> Result<Box<dyn Training>>;
     /// A saved model; `what` names it in errors. A model of another configuration is [`Error::Mismatch`].
     fn load(&self, bytes: &[u8], what: &str) -> Result<Box<dyn LanguageModel>>;
+    /// Where and how its models train and sample, recorded with every round ("cpu (2 threads), f32",
+    /// "cuda:0 NVIDIA H200, tf32"): a resumed run may switch devices, and results depend on it.
+    fn device(&self) -> String {
+        "cpu".into()
+    }
     /// Whether [`ModelKind::reference`] wants the whole corpus's token stream (building it costs a pass).
     fn wants_reference(&self) -> bool {
         false

@@ -59,15 +59,24 @@ pub struct GptKind {
     /// The starting weights as safetensors bytes: each training deserialises its own copy (a clone of a
     /// `Gpt` would share, and train, the same variables).
     init: Option<Vec<u8>>,
+    /// The device and precision in words, for the records (see [`lm::ModelKind::device`]).
+    label: String,
 }
 
 impl GptKind {
     pub fn new(config: GptConfig, device: Device) -> Self {
         Self {
             config,
+            label: format!("{device:?}"),
             device,
             init: None,
         }
+    }
+
+    /// The words [`lm::ModelKind::device`] records (the device's name and the precision of its matmuls,
+    /// which only the binary knows).
+    pub fn labelled(self, label: String) -> Self {
+        Self { label, ..self }
     }
 
     /// Every training starts from `model`'s weights (with this configuration's dropout); its shape must be
@@ -118,6 +127,10 @@ impl GptKind {
 impl lm::ModelKind for GptKind {
     fn parts(&self) -> &'static [&'static str] {
         &[MODEL_FILE, OPTIMIZER_FILE]
+    }
+
+    fn device(&self) -> String {
+        self.label.clone()
     }
 
     fn start(&self, job: TrainJob) -> lm::Result<Box<dyn Training>> {

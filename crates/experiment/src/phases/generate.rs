@@ -17,12 +17,17 @@ use crate::round::Round;
 use crate::rundir::write_verified;
 use crate::samples::{read_samples_file, GenerationStats, Sample};
 
-/// The round's samples (written if this phase has not run), this chain's statistics of them, and the
-/// phase's wall time.
-pub(crate) fn phase(
-    r: &Round,
-    model: &dyn LanguageModel,
-) -> Result<(Vec<Sample>, GenerationStats, f64)> {
+/// What the generate phase hands on: the round's samples, this chain's statistics of them, the phase's wall
+/// time and the device it ran on (absent in samples written before devices were recorded).
+pub(crate) struct Generated {
+    pub samples: Vec<Sample>,
+    pub stats: GenerationStats,
+    pub wall_s: f64,
+    pub device: Option<String>,
+}
+
+/// The round's samples, written if this phase has not run.
+pub(crate) fn phase(r: &Round, model: &dyn LanguageModel) -> Result<Generated> {
     let (ctx, dir, progress, setting, rep, t, n0) =
         (r.ctx, r.dir, r.progress, r.setting, r.rep, r.t, r.n0);
     let (pd, rd) = (&r.pd, &r.rd);
@@ -55,9 +60,9 @@ pub(crate) fn phase(
             t,
         )?;
     }
-    let (wall_meta, all_samples) = read_samples_file(&samples_path)?;
-    let wall_generate = wall_meta.unwrap_or(started.elapsed().as_secs_f64());
-    let gen = GenerationStats::of(
+    let (meta, all_samples) = read_samples_file(&samples_path)?;
+    let wall_s = meta.wall_s.unwrap_or(started.elapsed().as_secs_f64());
+    let stats = GenerationStats::of(
         &all_samples,
         own_count,
         cfg.generation.min_docs,
@@ -65,7 +70,12 @@ pub(crate) fn phase(
         ctx.max_new_tokens,
     );
 
-    Ok((all_samples, gen, wall_generate))
+    Ok(Generated {
+        samples: all_samples,
+        stats,
+        wall_s,
+        device: meta.device,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -160,6 +170,7 @@ pub(crate) fn generate(
                 "new_tokens": new_tokens,
                 "max_new_tokens": cap,
                 "drawn": drawn,
+                "device": ctx.kind.device(),
             } })
         )?;
         for s in &out {

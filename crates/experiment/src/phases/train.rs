@@ -32,6 +32,9 @@ pub(crate) struct TrainState {
     )]
     heldout: Vec<(u64, f64)>,
     wall_s: f64,
+    /// What the steps so far ran on (see `lm::ModelKind::device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
 }
 
 /// The newest complete training checkpoint of a round (`ckpt-STEP`; a `.partial` one was never finished).
@@ -70,6 +73,10 @@ pub struct TrainRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_sha256: Option<String>,
     pub wall_s: f64,
+    /// The device and precision it trained with, and the earlier one where a checkpoint written on another
+    /// device was resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// SHA-256 of a token stream as little-endian u32s.
@@ -178,7 +185,8 @@ pub(crate) fn train(
         batch_seed: job.batch_seed,
         stream,
     };
-    let (mut training, mut losses, mut heldout, wall_before) =
+    let device = job.kind.device();
+    let (mut training, mut losses, mut heldout, wall_before, device_before) =
         if let Some((ck, _)) = latest_checkpoint(rd) {
             let bad = || format!("delete {} to redo this round's training", ck.display());
             let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
@@ -193,12 +201,12 @@ pub(crate) fn train(
                 .resume(lm_job, &parts, st.step)
                 .map_err(|e| anyhow::anyhow!("{}: {e}: {}", ck.display(), bad()))?;
             progress.note(&format!("resuming training at step {}", st.step));
-            (training, st.losses, st.heldout, st.wall_s)
+            (training, st.losses, st.heldout, st.wall_s, st.device)
         } else {
             let training = job.kind.start(lm_job).map_err(|e| {
                 anyhow::anyhow!("cannot train on the corpus of {}: {e}", rd.display())
             })?;
-            (training, Vec::new(), Vec::new(), 0.0)
+            (training, Vec::new(), Vec::new(), 0.0, None)
         };
     // The held-out curve (nanoGPT's eval_interval): exact mean NLL over the first `eval_tokens` held-out
     // tokens. It draws nothing random, so it leaves training bit-identical.
@@ -245,6 +253,7 @@ pub(crate) fn train(
                 &losses,
                 &heldout,
                 wall_before + started.elapsed().as_secs_f64(),
+                &device,
             )?;
         }
     }
@@ -257,6 +266,10 @@ pub(crate) fn train(
         heldout,
         stream_sha256: Some(sha),
         wall_s: wall_before + started.elapsed().as_secs_f64(),
+        device: Some(match device_before {
+            Some(d) if d != device => format!("{device} (resumed a checkpoint written on {d})"),
+            _ => device.clone(),
+        }),
     };
     write_json(&rd.join("train.json"), &rec)?;
     // The model is its kind's first part; the rest (an optimizer's state) is kept only when asked.
@@ -282,6 +295,7 @@ pub(crate) fn save_checkpoint(
     losses: &[(u64, f64)],
     heldout: &[(u64, f64)],
     wall_s: f64,
+    device: &str,
 ) -> Result<()> {
     let name = format!("ckpt-{}", training.step());
     let partial = rd.join(format!("{name}.partial"));
@@ -299,6 +313,7 @@ pub(crate) fn save_checkpoint(
             losses: losses.to_vec(),
             heldout: heldout.to_vec(),
             wall_s,
+            device: Some(device.to_string()),
         },
     )?;
     let done = rd.join(&name);
