@@ -54,11 +54,15 @@ def paired(a: dict, b: dict):
 
 
 def holm(ps):
-    idx = [i for i, p in enumerate(ps) if p is not None]
-    order = sorted(idx, key=lambda i: ps[i])
-    out, run = [None] * len(ps), 0.0
+    """Holm over the whole pre-registered family: a config without data counts as p = 1 (ranked last), so a
+    partial grid is adjusted as strictly as the full one, never less."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: 1.0 if ps[i] is None else ps[i])
+    out, run = [None] * m, 0.0
     for k, i in enumerate(order):
-        run = max(run, min(1.0, (len(order) - k) * ps[i]))
+        if ps[i] is None:
+            continue
+        run = max(run, min(1.0, (m - k) * ps[i]))
         out[i] = run
     return out
 
@@ -93,7 +97,8 @@ def section(root: Path, column: str, f, label: str, unit: str, tested: bool):
         rows.append((c, vs, ch))
     adj_vs = holm([r[1]["p"] if r[1] else None for r in rows])
     adj_ch = holm([r[2]["p"] if r[2] else None for r in rows])
-    kind = "Holm over the configs with data" if tested else "descriptive: p-values unadjusted, no verdicts"
+    kind = (f"Holm over all {len(CONFIGS)} configs (one without data counts as p = 1)" if tested
+            else "descriptive: p-values unadjusted, no verdicts")
     print(f"## {label} at round {LAST}\n")
     print(f"Paired within repetitions ({unit}); {kind}.\n")
     print(f"| config | reps | decaying - fresh-only [95% CI] | ratio | p | p (Holm) | setting 3 vs control "
@@ -110,9 +115,30 @@ def section(root: Path, column: str, f, label: str, unit: str, tested: bool):
     print()
 
 
+def completeness(root: Path):
+    """Configs without a metrics.csv, and those whose chains did not all reach round LAST."""
+    missing, partial = [], []
+    for c in CONFIGS:
+        path = root / c / "metrics.csv"
+        if not path.exists():
+            missing.append(c)
+            continue
+        t = table(path, "model_risk", math.log)
+        reps0 = set(t.get("decaying-alpha", {}).get(0, {}))
+        short = [s for s, rounds in sorted(t.items()) if set(rounds.get(LAST, {})) != reps0]
+        if short:
+            partial.append(f"{c} ({', '.join(short)} short of round {LAST} in some repetitions)")
+    return missing, partial
+
+
 def main():
     root = Path(sys.argv[1])
     print("# The n-gram grid across configs (scripts/ngram_grid.py)\n")
+    missing, partial = completeness(root)
+    if missing:
+        print(f"Not run: {', '.join(missing)}.\n")
+    if partial:
+        print(f"Incomplete (comparisons use the repetitions present at both ends): {'; '.join(partial)}.\n")
     section(root, "model_risk", math.log, "Log risk", "log units; ratio = risk ratio", True)
     section(root, "heldout_perplexity", math.log, "Held-out mean NLL", "nats; ratio = perplexity ratio", False)
 
