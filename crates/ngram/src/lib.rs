@@ -17,7 +17,9 @@
 //!   straight to c'. The recursion ends at the continuation unigram N1+(. w) / N1+(. .) (`base =
 //!   "continuation"`, NLTK's: a token never seen after another has probability 0), or (`base = "uniform"`,
 //!   the default) interpolates that unigram with the uniform distribution over the vocabulary with the same
-//!   discount, so every token has positive probability.
+//!   discount, so every token has positive probability. A unigram model's only level is its highest, so there
+//!   the base is the raw counts n(w) / N, discounted towards the uniform (`"uniform"`) or not at all
+//!   (`"continuation"`, which at order 1 is the MLE); NLTK's order-1 model is the uniform distribution alone.
 //!
 //! It also measures a risk that stays finite for the MLE ([`Ngram::risk`]): the squared L2 distance of the
 //! model's conditional distributions from the whole corpus's, averaged over the corpus's contexts.

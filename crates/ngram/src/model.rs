@@ -130,8 +130,8 @@ impl Ngram {
             .enumerate()
             .map(|(j, l)| {
                 let weight = |e: usize| -> f64 {
-                    // Kneser-Ney's lower levels, and its base (level 0), weigh by continuation counts.
-                    let kn_lower = d > 0.0 && (j < top || j == 0);
+                    // Kneser-Ney's levels below the highest weigh by continuation counts.
+                    let kn_lower = d > 0.0 && j < top;
                     let n = if kn_lower { l.cont[e] } else { l.counts[e] } as f64;
                     (n - d).max(0.0)
                 };
@@ -231,21 +231,53 @@ impl Ngram {
         ))
     }
 
-    /// The continuation unigram N1+(. w) / N1+(. .), interpolated with the uniform under `Base::Uniform`.
+    /// Kneser-Ney's base, the empty context: below a higher order the continuation unigram N1+(. w) /
+    /// N1+(. .); in a unigram model, whose only level is its highest, the counts n(w) / N themselves, since
+    /// Kneser-Ney discounts raw counts at the highest order (Chen & Goodman 1998), and a unigram of
+    /// continuation counts would estimate another distribution (end-of-text, preceded by few distinct
+    /// tokens, would hardly ever be drawn). Interpolated with the uniform under `Base::Uniform`.
     fn kn_base(&self, w: u32, d: f64, base: Base) -> f64 {
-        let l = &self.counts.levels[0];
         let v = self.cfg.vocab_size as f64;
-        let total = l.cont_total.first().copied().unwrap_or(0);
-        if total == 0 {
+        let (total, types) = self.base_total_types();
+        if total == 0.0 {
             return 1.0 / v;
         }
-        let n = l.entry(0, w).map_or(0, |e| l.cont[e]) as f64;
+        let n = self.counts.levels[0]
+            .entry(0, w)
+            .map_or(0.0, |e| self.base_n(e));
         match base {
-            Base::Continuation => n / total as f64,
-            Base::Uniform => {
-                let beta = d * l.cont_types[0] as f64 / total as f64;
-                (n - d).max(0.0) / total as f64 + beta / v
-            }
+            Base::Continuation => n / total,
+            Base::Uniform => (n - d).max(0.0) / total + d * types / total / v,
+        }
+    }
+
+    /// The base level's total and its number of tokens with a count (see [`Ngram::kn_base`]).
+    fn base_total_types(&self) -> (f64, f64) {
+        let l = &self.counts.levels[0];
+        if self.cfg.order == 1 {
+            let total = l.total.first().copied().unwrap_or(0);
+            let types = if l.contexts.is_empty() {
+                0
+            } else {
+                l.range(0).len()
+            };
+            (total as f64, types as f64)
+        } else {
+            let total = l.cont_total.first().copied().unwrap_or(0);
+            (
+                total as f64,
+                l.cont_types.first().copied().unwrap_or(0) as f64,
+            )
+        }
+    }
+
+    /// The base level's count of its entry `e` (see [`Ngram::kn_base`]).
+    fn base_n(&self, e: usize) -> f64 {
+        let l = &self.counts.levels[0];
+        if self.cfg.order == 1 {
+            l.counts[e] as f64
+        } else {
+            l.cont[e] as f64
         }
     }
 
@@ -335,15 +367,14 @@ impl Ngram {
                     }
                     ctx = &ctx[1..];
                 }
-                let l = &self.counts.levels[0];
-                let total = l.cont_total.first().copied().unwrap_or(0) as f64;
+                let (total, types) = self.base_total_types();
                 if total == 0.0 {
                     return Some(rng.random_range(0..v as u32));
                 }
                 match base {
-                    Base::Continuation => Some(self.pick_weighted(0, 0, rng, |e| l.cont[e] as f64)),
+                    Base::Continuation => Some(self.pick_weighted(0, 0, rng, |e| self.base_n(e))),
                     Base::Uniform => {
-                        let beta = discount * l.cont_types[0] as f64 / total;
+                        let beta = discount * types / total;
                         if rng.random::<f64>() >= beta {
                             Some(self.pick(0, 0, rng))
                         } else {
@@ -490,12 +521,12 @@ impl Ngram {
                 }
                 let s = if ctx.is_empty() {
                     let l0 = &self.counts.levels[0];
-                    let total = l0.cont_total.first().copied().unwrap_or(0) as f64;
+                    let (total, types) = self.base_total_types();
                     if total == 0.0 {
                         1.0 / v
                     } else {
                         let beta = match base {
-                            Base::Uniform => discount * l0.cont_types[0] as f64 / total / v,
+                            Base::Uniform => discount * types / total / v,
                             Base::Continuation => 0.0,
                         };
                         let seen: f64 = l0
@@ -647,6 +678,27 @@ mod tests {
         assert!((kn.prob(&[0], 1) - (0.75 + 0.25 / 3.0)).abs() < 1e-15);
         assert!((kn.prob(&[1], 2) - (0.25 + 0.5 / 3.0)).abs() < 1e-15);
         assert_eq!(kn.prob(&[0], 3), 0.0, "d was never seen after anything");
+        // A unigram's only level is its highest: Kneser-Ney discounts the raw counts (2, 2, 1, 0 of N = 5,
+        // T = 3 types) towards the uniform, not continuation counts; with the continuation base, the MLE.
+        let kn1 = |base| {
+            Ngram::fit(
+                cfg(
+                    1,
+                    Smoothing::KneserNey {
+                        discount: 0.5,
+                        base,
+                    },
+                    4,
+                ),
+                &s,
+            )
+            .unwrap()
+        };
+        let uniform = kn1(Base::Uniform);
+        assert!((uniform.prob(&[], 0) - (1.5 / 5.0 + 0.5 * 3.0 / 5.0 / 4.0)).abs() < 1e-15);
+        assert!((uniform.prob(&[1], 2) - (0.5 / 5.0 + 0.5 * 3.0 / 5.0 / 4.0)).abs() < 1e-15);
+        assert!((uniform.prob(&[], 3) - 0.5 * 3.0 / 5.0 / 4.0).abs() < 1e-15);
+        assert_eq!(kn1(Base::Continuation).prob(&[], 0), 0.4);
         // Perplexity of a held-out stream by hand: MLE of "a b c" = P(b|a) P(c|b) = 1 * 1/2.
         let e = mle.evaluate(&[0, 1, 2]);
         assert_eq!(e.tokens, 2);
@@ -666,11 +718,19 @@ mod tests {
             for sm in ALL {
                 let m = Ngram::fit(cfg(order, sm, 12), &s).unwrap();
                 for h in [&s[..0], &s[..1], &s[..5], &s[100..107], &[11u32, 11][..]] {
-                    let total: f64 = m.distribution(h).iter().sum();
+                    let p = m.distribution(h);
+                    let total: f64 = p.iter().sum();
                     let unseen_mle = sm == Smoothing::None && total == 0.0;
                     assert!(
                         unseen_mle || (total - 1.0).abs() < 1e-12,
                         "order {order} {sm:?} after {h:?}: {total}"
+                    );
+                    // The risk's closed-form sum of squares is the distribution's.
+                    let sq: f64 = p.iter().map(|x| x * x).sum();
+                    let closed = m.sum_sq(m.context(h), &mut Default::default());
+                    assert!(
+                        (closed - sq).abs() < 1e-12,
+                        "order {order} {sm:?} after {h:?}: {closed} != {sq}"
                     );
                 }
             }
@@ -684,8 +744,8 @@ mod tests {
         let s: Vec<u32> = (0..2000)
             .map(|i| ((i * i + 3 * i) % 17) as u32 % 9)
             .collect();
-        for sm in ALL {
-            let m = Ngram::fit(cfg(3, sm, 10), &s).unwrap();
+        for (order, sm) in [1, 3].into_iter().flat_map(|o| ALL.map(|sm| (o, sm))) {
+            let m = Ngram::fit(cfg(order, sm, 10), &s).unwrap();
             let h = [4u32, 0];
             let p = m.distribution(&h);
             let mut counts = [0usize; 10];
@@ -698,7 +758,7 @@ mod tests {
                 .filter(|&w| p[w] > 0.0)
                 .map(|w| (counts[w] as f64 - n as f64 * p[w]).powi(2) / (n as f64 * p[w]))
                 .sum();
-            assert!(chi < 40.0, "{sm:?}: chi-square {chi} on 9 df");
+            assert!(chi < 40.0, "order {order} {sm:?}: chi-square {chi} on 9 df");
             assert!((0..10).all(|w| p[w] > 0.0 || counts[w] == 0));
         }
         let m = Ngram::fit(cfg(2, ALL[2], 10), &s).unwrap();
