@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from holm import holm  # scripts/holm.py, beside this script
+
 CONFIGS = [
     "order1-mle", "order1-addk", "order1-kn", "order1-mle-paper-pipeline",
     "order2-mle", "order2-addk", "order2-kn",
@@ -51,20 +53,6 @@ def paired(a: dict, b: dict):
     p = 2 * stats.t.sf(abs(t), n - 1)
     h = stats.t.ppf(0.975, n - 1) * se
     return {"n": n, "mean": m, "lo": m - h, "hi": m + h, "p": p}
-
-
-def holm(ps):
-    """Holm over the whole pre-registered family: a config without data counts as p = 1 (ranked last), so a
-    partial grid is adjusted as strictly as the full one, never less."""
-    m = len(ps)
-    order = sorted(range(m), key=lambda i: 1.0 if ps[i] is None else ps[i])
-    out, run = [None] * m, 0.0
-    for k, i in enumerate(order):
-        if ps[i] is None:
-            continue
-        run = max(run, min(1.0, (m - k) * ps[i]))
-        out[i] = run
-    return out
 
 
 def fmt(e):

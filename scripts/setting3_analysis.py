@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from holm import holm  # scripts/holm.py, beside this script
+
 A_CONFIGS = ["a-small", "toggle-today", "toggle-open", "toggle-tokens", "toggle-passes", "toggle-cap", "a-large"]
 TOGGLES = ["toggle-open", "toggle-tokens", "toggle-passes", "toggle-cap", "a-small"]
 
@@ -54,20 +56,6 @@ def fieller(a, b, level=0.95):
     if q2 <= 0 or disc < 0:
         return ma / mb, None
     return ma / mb, ((q1 - math.sqrt(disc)) / q2, (q1 + math.sqrt(disc)) / q2)
-
-
-def holm(ps):
-    """Holm over the whole pre-registered family: a toggle without data counts as p = 1 (ranked last), so a
-    partial set of runs is adjusted as strictly as the full one, never less."""
-    m = len(ps)
-    order = sorted(range(m), key=lambda i: 1.0 if ps[i] is None else ps[i])
-    out, running = [None] * m, 0.0
-    for j, i in enumerate(order):
-        if ps[i] is None:
-            continue
-        running = max(running, min(1.0, (m - j) * ps[i]))
-        out[i] = running
-    return out
 
 
 def main(root: Path):

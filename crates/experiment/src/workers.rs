@@ -182,25 +182,7 @@ fn exit_reason(status: std::process::ExitStatus, last: &str) -> Exit {
 }
 
 fn signal_name(sig: i32) -> String {
-    let names = [
-        (libc::SIGHUP, "SIGHUP"),
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGQUIT, "SIGQUIT"),
-        (libc::SIGILL, "SIGILL"),
-        (libc::SIGABRT, "SIGABRT"),
-        (libc::SIGBUS, "SIGBUS"),
-        (libc::SIGFPE, "SIGFPE"),
-        (libc::SIGKILL, "SIGKILL"),
-        (libc::SIGSEGV, "SIGSEGV"),
-        (libc::SIGPIPE, "SIGPIPE"),
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGXCPU, "SIGXCPU"),
-        (libc::SIGXFSZ, "SIGXFSZ"),
-    ];
-    names
-        .iter()
-        .find(|(n, _)| *n == sig)
-        .map_or(format!("{sig}"), |(_, name)| name.to_string())
+    nix::sys::signal::Signal::try_from(sig).map_or(format!("{sig}"), |s| s.as_str().to_string())
 }
 
 fn signal_description(sig: i32) -> String {
