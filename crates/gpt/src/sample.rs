@@ -126,6 +126,43 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// The distribution [`Sampler::sample_at`] draws from, in f64 with an exact exp (its reference, for
+    /// tests and gpu-check): softmax of `logits / temperature` over the tokens at least the k-th largest,
+    /// then over the smallest most-probable-first prefix (ties by token id) whose mass reaches p,
+    /// renormalised. Not for greedy sampling (temperature 0).
+    pub fn distribution(&self, logits: &[f32]) -> Vec<f64> {
+        let t = self.temperature as f64;
+        let x: Vec<f64> = logits.iter().map(|&l| l as f64 / t).collect();
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+        if let Some(k) = self.top_k.filter(|&k| k < x.len()) {
+            let kth = x[order[k - 1]];
+            order.retain(|&i| x[i] >= kth);
+        }
+        let max = x[order[0]];
+        let e: Vec<f64> = order.iter().map(|&i| (x[i] - max).exp()).collect();
+        let mut keep = e.len();
+        if let Some(p) = self.top_p.filter(|&p| p < 1.0) {
+            let total: f64 = e.iter().sum();
+            let mut cum = 0.0;
+            keep = e
+                .iter()
+                .position(|w| {
+                    cum += w;
+                    cum >= p as f64 * total
+                })
+                .map_or(e.len(), |j| j + 1);
+        }
+        let kept: f64 = e[..keep].iter().sum();
+        let mut probs = vec![0.0; x.len()];
+        for (j, &i) in order[..keep].iter().enumerate() {
+            probs[i] = e[j] / kept;
+        }
+        probs
+    }
+}
+
 /// The token at quantile `r` in `[0, 1)` of the (unnormalised) weights. The total and the running sum are
 /// the same f64 additions in the same order, so the running sum passes `r * total` before the end unless
 /// `r * total` rounds up to `total` itself (probability about 2^-53); only then does it fall back to the last
@@ -596,37 +633,12 @@ pub fn device_sampler_chi_square(
     seed: u64,
 ) -> Result<ChiSquare> {
     let idx = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
-    let logits: Vec<f64> = model
+    let logits: Vec<f32> = model
         .forward_last(&idx, &mut KvCache::default())?
-        .to_dtype(DType::F64)?
+        .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let t = cfg.temperature as f64;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    order.truncate(cfg.top_k.unwrap_or(logits.len()).min(logits.len()));
-    let max = logits[order[0]];
-    let e: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] - max) / t).exp())
-        .collect();
-    let z: f64 = e.iter().sum();
-    let mut keep = e.len();
-    if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {
-        let mut cum = 0.0;
-        keep = e
-            .iter()
-            .position(|x| {
-                cum += x / z;
-                cum >= p as f64
-            })
-            .map_or(e.len(), |j| j + 1);
-    }
-    let kept: f64 = e[..keep].iter().sum();
-    let mut probs = vec![0.0; logits.len()];
-    for (j, &i) in order[..keep].iter().enumerate() {
-        probs[i] = e[j] / kept;
-    }
+    let probs = cfg.sampler().distribution(&logits);
     let one = GenerateConfig {
         max_new_tokens: 1,
         stop_token: None,

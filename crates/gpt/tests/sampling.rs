@@ -251,29 +251,8 @@ fn device_top_k_and_top_p_keep_the_host_sampler_s_tokens() {
                 "T {temperature} k {top_k:?} p {top_p:?}: the host draws a token the device filter drops"
             );
             // And the filter keeps nothing the host excludes: the host's set, computed exactly.
-            let mut scaled: Vec<f32> = data[r * v..(r + 1) * v]
-                .iter()
-                .map(|x| x / temperature)
-                .collect();
-            let mut order: Vec<usize> = (0..v).collect();
-            order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
-            let k = top_k.unwrap_or(v).min(v);
-            order.truncate(k);
-            if let Some(p) = top_p {
-                let max = scaled[order[0]];
-                scaled.iter_mut().for_each(|x| *x = (*x - max).exp());
-                let total: f64 = order.iter().map(|&i| scaled[i] as f64).sum();
-                let mut cum = 0.0;
-                let n = order
-                    .iter()
-                    .position(|&i| {
-                        cum += scaled[i] as f64;
-                        cum >= p as f64 * total
-                    })
-                    .map_or(order.len(), |j| j + 1);
-                order.truncate(n);
-            }
-            order.sort();
+            let dist = sampler.distribution(&data[r * v..(r + 1) * v]);
+            let order: Vec<usize> = (0..v).filter(|&i| dist[i] > 0.0).collect();
             assert_eq!(
                 mine, order,
                 "T {temperature} k {top_k:?} p {top_p:?} row {r}"
