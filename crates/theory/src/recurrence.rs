@@ -179,28 +179,12 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-    use rand_distr::{Binomial, Distribution};
 
-    /// Multinomial counts of `n` draws from `q`, by conditional binomials.
+    /// Multinomial counts of `n` draws from `q` (the simulations' sampler), as f64.
     fn draw(q: &[f64], n: u64, rng: &mut ChaCha8Rng) -> Vec<f64> {
-        let (mut left, mut mass) = (n, 1.0);
-        let mut out = vec![0.0; q.len()];
-        for (i, &p) in q.iter().enumerate() {
-            if left == 0 {
-                break;
-            }
-            let k = if i + 1 == q.len() || p >= mass {
-                left
-            } else {
-                Binomial::new(left, (p / mass).clamp(0.0, 1.0))
-                    .unwrap()
-                    .sample(rng)
-            };
-            out[i] = k as f64;
-            left -= k;
-            mass -= p;
-        }
-        out
+        let mut out = vec![0; q.len()];
+        crate::simulate::multinomial(rng, n, q, &mut out);
+        out.into_iter().map(|k| k as f64).collect()
     }
 
     /// Mean and standard error of ‖p̂_t − p‖² per round over `reps` simulated repetitions of `rounds`:

@@ -127,7 +127,7 @@ fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
 }
 
 /// Multinomial counts by sequential binomials.
-fn multinomial(rng: &mut ChaCha8Rng, n: u64, p: &[f64], out: &mut [u64]) {
+pub(crate) fn multinomial(rng: &mut ChaCha8Rng, n: u64, p: &[f64], out: &mut [u64]) {
     let (mut rest, mut mass) = (n, 1.0f64);
     for (k, (&pk, o)) in p.iter().zip(out.iter_mut()).enumerate() {
         if k + 1 == p.len() {
