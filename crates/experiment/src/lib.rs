@@ -22,7 +22,7 @@ mod status;
 pub mod workers;
 
 pub use calibrate::{calibrate, CalibrateArgs, Calibration};
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use context::check_models;
 pub use metrics::{collect_metrics, MetricsRow};
 pub use models::Models;
@@ -30,7 +30,9 @@ pub use phases::curate::{verifier_dir, CurationMetrics};
 pub use phases::train::{stream_sha256, TrainRecord};
 pub use plan::{chains, default_out, derive_seed, parse_only, Selection};
 pub use round::run;
-pub use rundir::{frozen_config, phase_dir, read_json, read_verified, write_atomic, RunDir};
+pub use rundir::{
+    frozen_config, phase_dir, read_json, read_verified, write_atomic, RunDir, RunDirError,
+};
 pub use samples::{read_samples_file, refresh_generation_stats, GenerationStats, Sample};
 pub use status::status;
 

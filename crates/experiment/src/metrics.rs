@@ -242,7 +242,7 @@ pub(crate) fn phase(
         },
     };
     set_generation_stats(&mut row, gen);
-    write_json(&rd.join("metrics.json"), &row)
+    Ok(write_json(&rd.join("metrics.json"), &row)?)
 }
 
 /// A config enum's name as the config writes it ("open", "tokens").
@@ -291,5 +291,8 @@ pub(crate) fn rebuild_metrics(dir: &RunDir) -> Result<()> {
         out.push_str(&serde_json::to_string(&r)?);
         out.push('\n');
     }
-    write_atomic(&dir.root.join("metrics.jsonl"), out.as_bytes())
+    Ok(write_atomic(
+        &dir.root.join("metrics.jsonl"),
+        out.as_bytes(),
+    )?)
 }

@@ -7,10 +7,68 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+
+/// What can go wrong with a run directory; each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// A file or directory that cannot be created, written, read or locked; `what` says which.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds a run of a different config ({}); use another --out, or the run's own config.toml",
+        root.display(), diff.join("; "))]
+    OtherConfig { root: PathBuf, diff: Vec<String> },
+    #[error("{} is on a file system whose locks other nodes do not see ({why}): two nodes could run one chain \
+             at once; use a directory on a local disk or on NFS with working locks (NFSv4, or v3 with lockd and \
+             local_lock=none), or set {SINGLE_NODE_ENV}=1 if every process of this run works on this node",
+        root.display())]
+    NodeLocalLocks { root: PathBuf, why: String },
+    #[error("{} is not a run directory (it has no config.toml)", .0.display())]
+    NotARun(PathBuf),
+    #[error("the frozen config of {} is unreadable", root.display())]
+    FrozenConfig {
+        root: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    /// A file whose SHA-256 is not the one recorded beside it.
+    #[error("{} is corrupt (its SHA-256 is {got}…, {} recorded {want}…): {remedy}", path.display(), sums.display())]
+    Corrupt {
+        path: PathBuf,
+        sums: PathBuf,
+        got: String,
+        want: String,
+        remedy: String,
+    },
+    /// The parser's message is part of this one (not a source), so the one-line error says it once.
+    #[error("{} is corrupt ({error}): delete it to redo that phase", path.display())]
+    Json {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("cannot serialise {}", path.display())]
+    Serialise {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, RunDirError>;
+
+/// An [`RunDirError::Io`] saying `what` could not be done.
+fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> RunDirError {
+    move |source| RunDirError::Io {
+        what: what(),
+        source,
+    }
+}
 
 pub struct RunDir {
     pub root: PathBuf,
@@ -21,32 +79,34 @@ pub struct Lock(#[allow(dead_code)] File);
 
 fn lock_file(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
     }
     File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .with_context(|| format!("cannot write {}: choose a writable --out", path.display()))
+        .map_err(io(|| {
+            format!("cannot write {}: choose a writable --out", path.display())
+        }))
 }
 
 fn wait_for_lock(path: &Path) -> Result<Lock> {
     let f = lock_file(path)?;
     f.lock()
-        .with_context(|| format!("cannot lock {}", path.display()))?;
+        .map_err(io(|| format!("cannot lock {}", path.display())))?;
     Ok(Lock(f))
 }
 
 impl RunDir {
     /// Opens (or creates) a run directory for `cfg`: freezes the config, or checks that it is the frozen one.
     pub fn open(root: &Path, cfg: &Config) -> Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| {
+        std::fs::create_dir_all(root).map_err(io(|| {
             format!(
                 "cannot create the output directory {}: choose a writable --out",
                 root.display()
             )
-        })?;
+        }))?;
         check_locks(root)?;
         let dir = Self {
             root: root.to_path_buf(),
@@ -57,11 +117,10 @@ impl RunDir {
             let old = frozen_config(root)?;
             let diff = old.diff(cfg);
             if !diff.is_empty() {
-                bail!(
-                    "{} holds a run of a different config ({}); use another --out, or the run's own config.toml",
-                    root.display(),
-                    diff.join("; ")
-                );
+                return Err(RunDirError::OtherConfig {
+                    root: root.to_path_buf(),
+                    diff,
+                });
             }
         } else {
             write_verified(&frozen, cfg.to_toml().as_bytes())?;
@@ -91,7 +150,7 @@ impl RunDir {
             Ok(()) => Ok(Some(Lock(f))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+                Err(io(|| format!("cannot lock {}", path.display()))(e))
             }
         }
     }
@@ -119,12 +178,10 @@ fn check_locks(root: &Path) -> Result<()> {
         return Ok(()); // not Linux, or no such view: nothing to go by
     };
     if let Some(why) = node_local_locks(&info, &path) {
-        bail!(
-            "{} is on a file system whose locks other nodes do not see ({why}): two nodes could run one chain at \
-             once; use a directory on a local disk or on NFS with working locks (NFSv4, or v3 with lockd and \
-             local_lock=none), or set {SINGLE_NODE_ENV}=1 if every process of this run works on this node",
-            root.display()
-        );
+        return Err(RunDirError::NodeLocalLocks {
+            root: root.to_path_buf(),
+            why,
+        });
     }
     Ok(())
 }
@@ -196,17 +253,17 @@ pub fn chain_busy(root: &Path, setting: &str, rep: usize) -> bool {
 pub fn frozen_config(root: &Path) -> Result<Config> {
     let frozen = root.join("config.toml");
     if !frozen.exists() {
-        bail!(
-            "{} is not a run directory (it has no config.toml)",
-            root.display()
-        );
+        return Err(RunDirError::NotARun(root.to_path_buf()));
     }
     let text = read_verified(&frozen, "restore it, or start a new run in another --out")?;
     Config::parse(
         &String::from_utf8_lossy(&text),
         &frozen.display().to_string(),
     )
-    .with_context(|| format!("the frozen config of {} is unreadable", root.display()))
+    .map_err(|source| RunDirError::FrozenConfig {
+        root: root.to_path_buf(),
+        source,
+    })
 }
 
 /// `SETTING/rep-R/round-T` under the run directory; `setting` is the setting's name.
@@ -224,13 +281,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    persist(path, bytes).with_context(|| {
+    std::fs::create_dir_all(dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
+    persist(path, bytes).map_err(io(|| {
         format!(
             "cannot write {} (disk full or not writable?)",
             path.display()
         )
-    })
+    }))
 }
 
 /// atomic-write-file gives the temporary file a random name (several processes, on several nodes of a shared
@@ -267,20 +324,20 @@ pub fn write_verified(path: &Path, bytes: &[u8]) -> Result<()> {
 /// error that names the file and ends with `remedy` (what to delete). A file without a checksum (a run
 /// directory from before checksums) is read with a warning, once per process.
 pub fn read_verified(path: &Path, remedy: &str) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(io(|| format!("cannot read {}", path.display())))?;
     let sum_path = checksum_path(path);
     match std::fs::read_to_string(&sum_path) {
         Ok(line) => {
             let want = line.split_whitespace().next().unwrap_or_default();
             let got = sha256_hex(&bytes);
             if want != got {
-                bail!(
-                    "{} is corrupt (its SHA-256 is {}…, {} recorded {}…): {remedy}",
-                    path.display(),
-                    &got[..12],
-                    sum_path.display(),
-                    want.get(..12).unwrap_or(want)
-                );
+                return Err(RunDirError::Corrupt {
+                    path: path.to_path_buf(),
+                    sums: sum_path,
+                    got: got[..12].to_string(),
+                    want: want.get(..12).unwrap_or(want).to_string(),
+                    remedy: remedy.to_string(),
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -293,24 +350,26 @@ pub fn read_verified(path: &Path, remedy: &str) -> Result<Vec<u8>> {
             });
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read {}", sum_path.display()));
+            return Err(io(|| format!("cannot read {}", sum_path.display()))(e));
         }
     }
     Ok(bytes)
 }
 
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_verified(path, serde_json::to_string_pretty(value)?.as_bytes())
+    let text = serde_json::to_string_pretty(value).map_err(|source| RunDirError::Serialise {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_verified(path, text.as_bytes())
 }
 
 /// Reads JSON written by [`write_json`]; a failed checksum or parse names the file and says to delete it.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = read_verified(path, "delete it to redo that phase")?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is corrupt ({e}): delete it to redo that phase",
-            path.display()
-        )
+    serde_json::from_slice(&bytes).map_err(|error| RunDirError::Json {
+        path: path.to_path_buf(),
+        error,
     })
 }
 

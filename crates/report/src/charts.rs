@@ -457,7 +457,7 @@ pub(crate) fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
         &mut pixmap.as_mut(),
     );
     let png = pixmap.encode_png().context("cannot encode the PNG")?;
-    write_atomic(path, &png)
+    Ok(write_atomic(path, &png)?)
 }
 
 pub(crate) fn write_plot(dir: &Path, name: &str, svg: &str) -> Result<()> {

@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
 use corpus::{fraction_candidates, OracleStream, Plan};
 use serde::{Deserialize, Serialize};
 
-use super::{ModelSection, SettingSpec, CURATION_STRIDE};
+use super::{bail, ConfigError, ModelSection, Result, SettingSpec, CURATION_STRIDE};
 
 /// `[curation]`: every filter runs with every setting, as a chain named `SETTING+FILTER`; round 0 (no
 /// synthetic candidates) stays shared by all of them.
@@ -236,14 +235,14 @@ pub fn candidate_counts(
             }
             let cap = (factor * rp.new_docs as f64).floor() as usize;
             let too_many = |need: usize| {
-                anyhow::anyhow!(
+                ConfigError::Value(format!(
                     "curation filter {:?} needs {need} candidates for the {} synthetic documents of round {} of \
                      {}, more than curation.max_candidates = {factor} x n_t = {cap}: raise max_candidates or the fraction",
                     filter.name(),
                     rp.synthetic,
                     rp.round,
                     spec.name
-                )
+                ))
             };
             let by_fraction = |q: f64| {
                 let need = fraction_candidates(rp.synthetic, q);
@@ -259,7 +258,10 @@ pub fn candidate_counts(
                 FilterSpec::None { .. } => Ok(plain),
                 FilterSpec::Oracle { e1, e2, .. } => {
                     let s = OracleStream::plan(rp.new_docs, rp.realized_alpha, *e1, *e2, cap)
-                        .with_context(|| format!("round {} of {}", rp.round, spec.name))?;
+                        .map_err(|source| ConfigError::Plan {
+                            at: format!("round {} of {}", rp.round, spec.name),
+                            source,
+                        })?;
                     Ok(RoundCandidates {
                         real_offset: 0,
                         real: s.real,

@@ -3,9 +3,8 @@
 
 mod curation;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use corpus::{Alpha, CleanConfig, Schedule, Setting, Size};
 use lm::{AdamWConfig, LrSchedule, Sampling, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,60 @@ pub use curation::{
     candidate_counts, plan_pool, verifier_reserve, Confidence, CurationSection, FilterSpec,
     RoundCandidates, SelfScore,
 };
+
+/// What is wrong with a config: the file, its TOML, or a value the experiment cannot run with. Each message
+/// names the file or the key and, where it can, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: check the path", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML that does not parse, or a key the config does not have.
+    #[error("{name}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Syntax {
+        name: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A config that parses but cannot run, with the file's name.
+    #[error("invalid config {name}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// A value outside what the experiment accepts; the message names its key.
+    #[error("{0}")]
+    Value(String),
+    #[error("setting {name:?} is not in this config (it runs {runs})")]
+    UnknownSetting { name: String, runs: String },
+    /// A schedule or a curation plan the corpus crate refuses, with where (a setting, a round).
+    #[error("{at}")]
+    Plan {
+        at: String,
+        #[source]
+        source: corpus::Error,
+    },
+    #[error("invalid [theory] section")]
+    Theory(#[source] theory::Error),
+    #[error(transparent)]
+    Corpus(#[from] corpus::Error),
+    #[error(transparent)]
+    Training(#[from] lm::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Returns early with a [`ConfigError::Value`] made from a format string.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(ConfigError::Value(format!($($arg)*)))
+    };
+}
+pub(crate) use bail;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -604,25 +657,26 @@ impl Default for ExperimentSection {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}: check the path", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses TOML; errors name the file, the line and the key.
     pub fn parse(text: &str, name: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            name: name.to_string(),
+            line: e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().trim().to_string();
-            match line {
-                Some(l) => anyhow::anyhow!("{name} line {l}: {msg}"),
-                None => anyhow::anyhow!("{name}: {msg}"),
-            }
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_string(),
         })?;
-        cfg.validate()
-            .with_context(|| format!("invalid config {name}"))?;
+        cfg.validate().map_err(|e| ConfigError::Invalid {
+            name: name.to_string(),
+            source: Box::new(e),
+        })?;
         Ok(cfg)
     }
 
@@ -709,14 +763,13 @@ impl Config {
                     || (s.curation.is_none() && preset.is_some_and(|p| p.number() == s.number))
             })
             .cloned()
-            .with_context(|| {
-                format!(
-                    "setting {name:?} is not in this config (it runs {})",
-                    all.iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+            .ok_or_else(|| ConfigError::UnknownSetting {
+                name: name.to_string(),
+                runs: all
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -765,7 +818,10 @@ impl Config {
                 let plan = s
                     .schedule
                     .plan(self.schedule.rounds, usize::MAX)
-                    .with_context(|| format!("setting {s}"))?;
+                    .map_err(|source| ConfigError::Plan {
+                        at: format!("setting {s}"),
+                        source,
+                    })?;
                 // Candidate counts depend on the schedule alone: a filter that needs too many is refused here.
                 if let Some(c) = &self.curation {
                     candidate_counts(c.max_candidates, &s, &plan)?;
@@ -775,7 +831,7 @@ impl Config {
         self.theory
             .simulation()
             .validate()
-            .context("invalid [theory] section")?;
+            .map_err(ConfigError::Theory)?;
         if !self.report.is_empty() {
             let names: Vec<String> = self.settings()?.into_iter().map(|s| s.name).collect();
             let known = |what: &str, chain: &str| -> Result<()> {
@@ -926,6 +982,11 @@ fn show(v: Option<&toml::Value>) -> String {
 mod tests {
     use super::*;
 
+    /// The error with its causes, as the binary prints it.
+    fn chain(e: ConfigError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
     #[test]
     fn defaults_are_the_papers() {
         let c = Config::parse("", "empty.toml").unwrap();
@@ -955,11 +1016,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1") && e.contains("trainin"), "{e}");
-        let e = Config::parse("[schedule]\nsettings = [\"bogus\"]\n", "x.toml").unwrap_err();
-        assert!(
-            format!("{e:#}").contains("unknown setting \"bogus\""),
-            "{e:#}"
-        );
+        let e = chain(Config::parse("[schedule]\nsettings = [\"bogus\"]\n", "x.toml").unwrap_err());
+        assert!(e.contains("unknown setting \"bogus\""), "{e}");
         let e = Config::parse("[training\nsteps = 1", "x.toml")
             .unwrap_err()
             .to_string();
@@ -1024,8 +1082,7 @@ accumulate = true
         assert!(e.contains("short by 100"), "{e}");
 
         let bad = |extra: &str| {
-            let e = Config::parse(&format!("{text}{extra}"), "custom.toml").unwrap_err();
-            format!("{e:#}")
+            chain(Config::parse(&format!("{text}{extra}"), "custom.toml").unwrap_err())
         };
         let e = bad("[[schedule.custom]]\nname = \"accumulate\"\nsize = { kind = \"fixed\", n = 1 }\nalpha = { kind = \"zero\" }\n");
         assert!(e.contains("\"accumulate\" is taken"), "{e}");

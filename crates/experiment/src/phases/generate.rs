@@ -178,5 +178,5 @@ pub(crate) fn generate(
         }
         enc.finish()?;
     }
-    write_verified(path, &body)
+    Ok(write_verified(path, &body)?)
 }
