@@ -277,12 +277,12 @@ fn execute(cli: Cli) -> Result<()> {
                     passthrough,
                     devices,
                 };
-                return experiment::workers::run_jobs(args, &sel, jobs);
+                return Ok(experiment::workers::run_jobs(args, &sel, jobs)?);
             }
             let models = run_models(&cfg)?;
-            experiment::run(cfg, &out, &models, sel)
+            Ok(experiment::run(cfg, &out, &models, sel)?)
         }
-        Command::Slurm(a) => experiment::slurm::write(experiment::slurm::SlurmArgs {
+        Command::Slurm(a) => Ok(experiment::slurm::write(experiment::slurm::SlurmArgs {
             config: a.config,
             out: a.out,
             partition: a.partition,
@@ -294,7 +294,7 @@ fn execute(cli: Cli) -> Result<()> {
             only: a.only,
             max_running: a.max_running,
             switch_device: a.switch_device,
-        }),
+        })?),
         Command::Status { dir } => {
             print!("{}", experiment::status(&dir)?);
             Ok(())
@@ -396,7 +396,10 @@ fn main() {
         // One line: what went wrong, with its causes, and (in the messages) what to do.
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         // Chains left to other processes are not a failure a scheduler should give up on.
-        let busy = e.downcast_ref::<experiment::ChainsBusy>().is_some();
+        let busy = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<experiment::Error>())
+            .any(|x| x.busy().is_some());
         std::process::exit(if busy { experiment::BUSY_EXIT } else { 1 });
     }
 }

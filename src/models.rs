@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use experiment::config::ModelSection;
+use experiment::ModelsResult;
 use gpt::GptConfig;
 use ngram::{NgramConfig, NgramKind, Smoothing};
 use serde::Deserialize;
@@ -74,8 +75,19 @@ fn ngram_config(s: &NgramSection, vocab_size: usize) -> NgramConfig {
     }
 }
 
+// The pipeline takes any error type from its models; the binary's carry their anyhow context.
 impl experiment::Models for RunModels {
-    fn validate(&self, m: &ModelSection) -> Result<()> {
+    fn validate(&self, m: &ModelSection) -> ModelsResult<()> {
+        Ok(self.check(m)?)
+    }
+
+    fn kind(&self, m: &ModelSection, vocab_size: usize) -> ModelsResult<Box<dyn lm::ModelKind>> {
+        Ok(self.make(m, vocab_size)?)
+    }
+}
+
+impl RunModels {
+    fn check(&self, m: &ModelSection) -> Result<()> {
         match m.kind.as_str() {
             "gpt" => {
                 if m.ngram.is_some() {
@@ -88,8 +100,8 @@ impl experiment::Models for RunModels {
         }
     }
 
-    fn kind(&self, m: &ModelSection, vocab_size: usize) -> Result<Box<dyn lm::ModelKind>> {
-        self.validate(m)?;
+    fn make(&self, m: &ModelSection, vocab_size: usize) -> Result<Box<dyn lm::ModelKind>> {
+        self.check(m)?;
         if m.kind == "ngram" {
             let s = ngram_section(m)?;
             return Ok(Box::new(NgramKind {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use corpus::token_stream;
 use serde::Serialize;
 
@@ -10,6 +9,7 @@ use crate::config::{Config, Steps};
 use crate::context::{check_models, prepare};
 use crate::models::Models;
 use crate::phases::train::{round_job, train, TrainRecord};
+use crate::{invalid, io, Error, Result};
 use crate::plan::default_out;
 use crate::progress::Progress;
 use crate::rundir::{read_json, write_atomic, RunDir};
@@ -59,7 +59,7 @@ pub fn calibrate(a: CalibrateArgs, models: &dyn Models) -> Result<(Calibration, 
     let rep = a.rep.unwrap_or(cfg.experiment.repetitions);
     cfg.experiment.repetitions = rep + 1;
     if a.eval_every == Some(0) {
-        bail!("--eval-every must be at least 1");
+        invalid!("--eval-every must be at least 1");
     }
     // The curve is what this is for; its interval is fixed below once the steps are known.
     cfg.training.eval_every = a.eval_every.unwrap_or(1);
@@ -86,11 +86,11 @@ pub fn calibrate(a: CalibrateArgs, models: &dyn Models) -> Result<(Calibration, 
         .for_tokens(stream.len(), batch, block);
     let steps = a.steps.unwrap_or(4 * config_steps);
     if steps == 0 {
-        bail!("--steps must be at least 1");
+        invalid!("--steps must be at least 1");
     }
     ctx.cfg.training.eval_every = a.eval_every.unwrap_or((steps / 50).max(1));
     let cd = out.join("calibration").join(format!("rep-{rep}"));
-    std::fs::create_dir_all(&cd).with_context(|| format!("cannot create {}", cd.display()))?;
+    std::fs::create_dir_all(&cd).map_err(io(|| format!("cannot create {}", cd.display())))?;
     let mut progress = Progress::new(1, 0);
     progress.start_round(format!("calibration of round 0, repetition {rep}"));
     let mut job = round_job(&ctx, rep, 0);
@@ -104,7 +104,7 @@ pub fn calibrate(a: CalibrateArgs, models: &dyn Models) -> Result<(Calibration, 
     progress.finish();
     let (best_step, best) = rec
         .heldout_best()
-        .context("the calibration recorded no held-out curve")?;
+        .ok_or_else(|| Error::Invalid("the calibration recorded no held-out curve".into()))?;
     let cal = Calibration {
         repetition: rep,
         documents: ids.len(),
@@ -125,7 +125,9 @@ pub fn calibrate(a: CalibrateArgs, models: &dyn Models) -> Result<(Calibration, 
     };
     write_atomic(
         &out.join("calibration.json"),
-        serde_json::to_string_pretty(&cal)?.as_bytes(),
+        serde_json::to_string_pretty(&cal)
+            .expect("a calibration serialises")
+            .as_bytes(),
     )?;
     Ok((cal, out))
 }

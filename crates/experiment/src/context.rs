@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
 use corpus::{
     bpe_training_docs, token_stream, Document, Plan, RealCorpus, Source, Split, TokenCache,
     Tokenizer, TokenizerSpec,
@@ -13,6 +12,7 @@ use crate::config::{plan_pool, Config, FilterSpec, RoundCandidates};
 use crate::models::Models;
 use crate::plan::derive_seed;
 use crate::rundir::{read_verified, write_verified, RunDir};
+use crate::{At, Error, Result};
 
 /// Everything a round needs that does not change between rounds.
 pub(crate) struct Ctx<'m> {
@@ -42,12 +42,14 @@ pub(crate) struct Ctx<'m> {
 pub fn check_models(cfg: &Config, models: &dyn Models) -> Result<()> {
     models
         .validate(&cfg.model)
-        .context("invalid [model] section")?;
+        .map_err(Error::Models)
+        .at(|| "invalid [model] section".into())?;
     for f in cfg.curation.iter().flat_map(|c| &c.filters) {
         if let FilterSpec::Verifier { .. } = f {
             models
                 .validate(&f.verifier_model(&cfg.model))
-                .with_context(|| format!("curation filter {:?}", f.name()))?;
+                .map_err(Error::Models)
+                .at(|| format!("curation filter {:?}", f.name()))?;
         }
     }
     Ok(())
@@ -73,7 +75,7 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
     let tok = if tok_path.exists() {
         let json = read_verified(&tok_path, "delete it to rebuild the tokenizer")?;
         Tokenizer::from_json(&String::from_utf8_lossy(&json))
-            .with_context(|| format!("{} is unreadable", tok_path.display()))?
+            .at(|| format!("{} is unreadable", tok_path.display()))?
     } else {
         let tok = match TokenizerSpec::parse(&cfg.data.tokenizer)? {
             TokenizerSpec::Train { vocab_size } => {
@@ -108,7 +110,8 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
     let second = match &cfg.data.second_eval {
         Some(spec) => {
             let src = Source::new(spec, Some(&cfg.data.second_eval_column));
-            let c = RealCorpus::load(&src, &cfg.data.clean).context("the second evaluation set")?;
+            let c = RealCorpus::load(&src, &cfg.data.clean)
+                .at(|| "the second evaluation set".into())?;
             let (toks, _) = c.tokenize(&tok, Some(&cache))?;
             Some(token_stream(
                 toks.iter()
@@ -120,7 +123,9 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
         None => None,
     };
     // Made (and `model.init_from` read and checked) once, before any round.
-    let kind = models.kind(&cfg.model, tok.vocab_size())?;
+    let kind = models
+        .kind(&cfg.model, tok.vocab_size())
+        .map_err(Error::Models)?;
     // The whole corpus, every document followed by its end-of-text, for kinds that measure a risk.
     let reference = if kind.wants_reference() {
         eprintln!("[collapse-lab] counting the whole corpus for the model's risk");
@@ -134,7 +139,7 @@ pub(crate) fn prepare<'m>(cfg: Config, dir: &RunDir, models: &'m dyn Models) -> 
         let plan = s
             .schedule
             .plan(cfg.schedule.rounds, pool_len)
-            .with_context(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
+            .at(|| format!("setting {s} cannot run on {pool_len} pool documents"))?;
         plans.insert(s.name, plan);
     }
     let candidates = plan_pool(

@@ -25,7 +25,7 @@ pub use calibrate::{calibrate, CalibrateArgs, Calibration};
 pub use config::{Config, ConfigError};
 pub use context::check_models;
 pub use metrics::{collect_metrics, MetricsRow};
-pub use models::Models;
+pub use models::{Models, ModelsResult};
 pub use phases::curate::{verifier_dir, CurationMetrics};
 pub use phases::train::{stream_sha256, TrainRecord};
 pub use plan::{chains, default_out, derive_seed, parse_only, Selection};
@@ -35,6 +35,89 @@ pub use rundir::{
 };
 pub use samples::{read_samples_file, refresh_generation_stats, GenerationStats, Sample};
 pub use status::status;
+
+/// Errors of the experiment. Each message names what failed and, where it can, what to do; [`Error::At`]
+/// says where (a setting, a round, a file) as a cause's context, so the binary's one line reads like
+/// "round 3 of accumulate/2: cannot write ...: No space left on device".
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Corpus(#[from] corpus::Error),
+    #[error(transparent)]
+    Model(#[from] lm::Error),
+    /// What the binary's [`Models`] reported (its own errors, whatever their type).
+    #[error(transparent)]
+    Models(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Busy(#[from] ChainsBusy),
+    /// A file, directory or process the experiment cannot create, read, write or start.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An argument, a saved file or a state the experiment cannot go on with; the message says what to do.
+    #[error("{0}")]
+    Invalid(String),
+    /// Chains that failed in worker processes, grouped by the reason each worker gave last.
+    #[error("{0}")]
+    WorkersFailed(String),
+    /// Where the failure below happened.
+    #[error("{at}")]
+    At {
+        at: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the failure is, underneath any context, chains left busy by other processes.
+    pub fn busy(&self) -> Option<&ChainsBusy> {
+        match self {
+            Error::Busy(b) => Some(b),
+            Error::At { source, .. } => source.busy(),
+            _ => None,
+        }
+    }
+}
+
+/// `.at(|| ...)` puts a failure in context, as `anyhow`'s `with_context` would, keeping it typed.
+pub(crate) trait At<T> {
+    fn at(self, at: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> At<T> for std::result::Result<T, E> {
+    fn at(self, at: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::At {
+            at: at(),
+            source: Box::new(e.into()),
+        })
+    }
+}
+
+/// An [`Error::Io`] saying `what` could not be done.
+pub(crate) fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io {
+        what: what(),
+        source,
+    }
+}
+
+/// Returns early with an [`Error::Invalid`] made from a format string.
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err($crate::Error::Invalid(format!($($arg)*)))
+    };
+}
+pub(crate) use invalid;
 
 /// The exit status of a `run` that left selected chains unfinished because other processes hold them (a
 /// Slurm task requeues itself on it): sysexits' EX_TEMPFAIL, "try again later".

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use lm::Evaluation;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +13,7 @@ use crate::phases::tails::TailsRecord;
 use crate::phases::train::TrainRecord;
 use crate::round::Round;
 use crate::rundir::{read_json, write_atomic, write_json, RunDir};
+use crate::Result;
 use crate::samples::set_generation_stats;
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
@@ -258,7 +258,7 @@ pub fn collect_metrics(root: &Path) -> Result<Vec<MetricsRow>> {
     let mut rows = Vec::new();
     // Every SETTING/rep-R/round-T/metrics.json below the root, whatever the settings are called.
     for sdir in std::fs::read_dir(root)
-        .with_context(|| format!("cannot read {}", root.display()))?
+        .map_err(crate::io(|| format!("cannot read {}", root.display())))?
         .flatten()
     {
         let Ok(reps) = std::fs::read_dir(sdir.path()) else {
@@ -288,7 +288,7 @@ pub(crate) fn rebuild_metrics(dir: &RunDir) -> Result<()> {
     let _shared = dir.lock_shared_files()?;
     let mut out = String::new();
     for r in collect_metrics(&dir.root)? {
-        out.push_str(&serde_json::to_string(&r)?);
+        out.push_str(&serde_json::to_string(&r).expect("a metrics row serialises"));
         out.push('\n');
     }
     Ok(write_atomic(

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
 use crate::config::{Config, SettingSpec};
+use crate::{invalid, At, Error, Result};
 
 /// A seed for one purpose of one (repetition, round), independent of the settings around it.
 pub fn derive_seed(base: u64, parts: &[&dyn std::fmt::Display]) -> u64 {
@@ -39,15 +38,16 @@ pub fn parse_only(only: Option<&str>, cfg: &Config) -> Result<Selection> {
         Some((s, r)) => (
             s,
             Some(
-                r.parse::<usize>()
-                    .with_context(|| format!("--only {only}: bad repetition {r:?}"))?,
+                r.parse::<usize>().map_err(|e| {
+                    Error::Invalid(format!("--only {only}: bad repetition {r:?}: {e}"))
+                })?,
             ),
         ),
         None => (only, None),
     };
-    let setting = cfg.setting(s).with_context(|| format!("--only {only}"))?;
+    let setting = cfg.setting(s).at(|| format!("--only {only}"))?;
     let reps = match rep {
-        Some(r) if r >= cfg.experiment.repetitions => bail!(
+        Some(r) if r >= cfg.experiment.repetitions => invalid!(
             "--only {only}: the config has {} repetitions (0-{})",
             cfg.experiment.repetitions,
             cfg.experiment.repetitions - 1

@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
 use crate::config::{Config, SettingSpec};
 use crate::context::{check_models, prepare, Ctx};
 use crate::metrics::rebuild_metrics;
@@ -13,6 +11,7 @@ use crate::plan::{chains, Selection};
 use crate::progress::Progress;
 use crate::rundir::{phase_dir, RunDir};
 use crate::samples::SampleStore;
+use crate::{io, Result};
 
 /// Runs (or resumes) the selected chains of `cfg` in `out`, with the model kinds `models` makes.
 pub fn run(cfg: Config, out: &Path, models: &dyn Models, sel: Selection) -> Result<()> {
@@ -124,7 +123,7 @@ fn run_round(
         pd: phase_dir(&dir.root, &setting.name, n0, rep, t),
     };
     for d in [&r.rd, &r.pd] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(io(|| format!("cannot create {}", d.display())))?;
     }
     let shared = (r.pd != r.rd).then(|| dir.lock_round0(&r.pd)).transpose()?;
     let (manifest, wall_compose) = compose::phase(&r, samples)?;

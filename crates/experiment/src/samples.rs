@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use corpus::{Document, LengthRobustStats, Origin, TextStats};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +11,7 @@ use crate::config::{candidate_counts, Carry, Config, Truncation};
 use crate::context::{to_generate_after, Ctx};
 use crate::metrics::MetricsRow;
 use crate::rundir::{phase_dir, read_verified};
+use crate::{Error, Result};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Sample {
@@ -75,12 +75,12 @@ impl SampleStore {
                 Carry::Tokens => kept
                     .iter()
                     .map(|s| {
-                        s.tokens.clone().with_context(|| {
-                            format!(
+                        s.tokens.clone().ok_or_else(|| {
+                            Error::Invalid(format!(
                                 "{} holds no token ids (written before they were kept): use carry = \"text\" \
                                  for this run, or delete the round to regenerate it",
                                 path.display()
-                            )
+                            ))
                         })
                     })
                     .collect::<Result<_>>()?,
@@ -111,8 +111,9 @@ impl SampleStore {
 fn read_samples_lines(path: &Path) -> Result<Vec<String>> {
     let remedy = "delete it to regenerate";
     let bytes = read_verified(path, remedy)?;
-    let corrupt =
-        |e: std::io::Error| anyhow::anyhow!("{} is corrupt ({e}): {remedy}", path.display());
+    let corrupt = |e: std::io::Error| {
+        Error::Invalid(format!("{} is corrupt ({e}): {remedy}", path.display()))
+    };
     let dec = zstd::Decoder::new(bytes.as_slice()).map_err(corrupt)?;
     BufReader::new(dec)
         .lines()
@@ -135,8 +136,12 @@ pub fn read_samples_file(path: &Path) -> Result<(SamplesMeta, Vec<Sample>)> {
     };
     let docs = lines
         .map(|l| {
-            serde_json::from_str::<Sample>(&l)
-                .with_context(|| format!("{} is corrupt: delete it to regenerate", path.display()))
+            serde_json::from_str::<Sample>(&l).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} is corrupt ({e}): delete it to regenerate",
+                    path.display()
+                ))
+            })
         })
         .collect::<Result<_>>()?;
     Ok((wall, docs))

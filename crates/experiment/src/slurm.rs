@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 use crate::plan::{chains, parse_only};
 use crate::rundir::{write_atomic, RunDir};
+use crate::{invalid, io, Result};
 
 /// What the job array runs and asks Slurm for.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct SlurmArgs {
 const BUSY_WAIT_S: u32 = 120;
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+    std::path::absolute(p).map_err(io(|| format!("cannot resolve {}", p.display())))
 }
 
 /// Writes `OUT/slurm/collapse-lab.sbatch` and prints its path.
@@ -63,7 +63,7 @@ pub fn write(a: SlurmArgs) -> Result<()> {
     if out.join("config.toml").exists() {
         let frozen = crate::rundir::frozen_config(&out)?;
         if frozen.experiment.device != device && !a.switch_device {
-            bail!(
+            invalid!(
                 "{} was started on device {:?}; these tasks would run on {device:?}: pass --switch-device to \
                  move it (each round's metrics record its device), or use another --out",
                 out.display(),
@@ -73,7 +73,8 @@ pub fn write(a: SlurmArgs) -> Result<()> {
     }
     // Freeze the config now: every task runs exactly it, and a changed config is refused here, not on a node.
     RunDir::open(&out, &cfg)?;
-    let exe = std::env::current_exe().context("cannot find the collapse-lab binary")?;
+    let exe =
+        std::env::current_exe().map_err(io(|| "cannot find the collapse-lab binary".into()))?;
     let tasks: Vec<String> = chains(&sel)
         .into_iter()
         .map(|(s, r)| format!("{}/{r}", s.name))
@@ -121,7 +122,7 @@ pub fn write(a: SlurmArgs) -> Result<()> {
     );
     let path = out.join("slurm/collapse-lab.sbatch");
     std::fs::create_dir_all(out.join("slurm/logs"))
-        .with_context(|| format!("cannot create {}", out.join("slurm/logs").display()))?;
+        .map_err(io(|| format!("cannot create {}", out.join("slurm/logs").display())))?;
     write_atomic(&path, script.as_bytes())?;
     println!("{}", path.display());
     Ok(())

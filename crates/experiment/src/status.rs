@@ -2,10 +2,9 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-
 use crate::phases::train::latest_checkpoint;
 use crate::rundir::{chain_busy, frozen_config, phase_dir, round_dir};
+use crate::Result;
 
 /// Where each (setting, repetition) stands: rounds finished and the phase of the next one.
 pub fn status(root: &Path) -> Result<String> {

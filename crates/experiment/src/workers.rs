@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 
 use crate::plan::{chains, Selection};
+use crate::{io, Error, Result};
 
 /// What every worker is given beside its chain.
 pub struct WorkerArgs<'a> {
@@ -26,7 +26,8 @@ pub struct WorkerArgs<'a> {
 }
 
 pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the collapse-lab binary")?;
+    let exe =
+        std::env::current_exe().map_err(io(|| "cannot find the collapse-lab binary".into()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / jobs).max(1);
     let mut queue: std::collections::VecDeque<String> = chains(sel)
@@ -76,13 +77,13 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
-                .context("cannot start a worker process")?;
+                .map_err(io(|| "cannot start a worker process".into()))?;
             let stderr = child.stderr.take().expect("piped");
             let label = format!("[worker {w} {chain}]");
             // Every worker's progress, one prefixed line at a time; the last line is kept for errors.
             let reader = std::thread::spawn(move || {
                 let mut last = String::new();
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in BufReader::new(stderr).lines().map_while(std::io::Result::ok) {
                     let line = line.trim_start_matches("[collapse-lab] ").to_string();
                     eprintln!("{label} {line}");
                     last = line;
@@ -98,7 +99,11 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
         let mut i = 0;
         while i < running.len() {
-            if let Some(status) = running[i].2.try_wait()? {
+            let status = running[i]
+                .2
+                .try_wait()
+                .map_err(io(|| format!("cannot wait for worker {}", running[i].0)))?;
+            if let Some(status) = status {
                 let (w, chain, _, reader) = running.swap_remove(i);
                 let last = reader.join().unwrap_or_default();
                 match exit_reason(status, &last) {
@@ -132,11 +137,11 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
                 format!("{named}: {reason}")
             })
             .collect();
-        bail!(
+        return Err(Error::WorkersFailed(format!(
             "{} of {next_worker} chains failed ({}); run again to resume them",
             failed.len(),
             groups.join("; ")
-        );
+        )));
     }
     if !busy.is_empty() {
         return Err(crate::ChainsBusy {

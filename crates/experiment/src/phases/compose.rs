@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use corpus::{compose, token_stream_with_ends, Document, Manifest, Origin};
 
 use crate::context::Ctx;
@@ -12,6 +11,7 @@ use crate::phases::curate;
 use crate::round::Round;
 use crate::rundir::{phase_dir, read_json, write_json};
 use crate::samples::SampleStore;
+use crate::{Error, Result};
 
 /// D_t's manifest (read if this phase ran before) and the phase's wall time.
 pub(crate) fn phase(r: &Round, samples: &mut SampleStore) -> Result<(Manifest, f64)> {
@@ -87,22 +87,22 @@ pub(crate) fn round_stream(
                 .by_id
                 .get(&d.id)
                 .map(|&i| (ctx.doc_tokens[i].as_slice(), true))
-                .with_context(|| {
-                    format!(
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
                         "{}: document {} is not in the corpus",
                         manifest_path.display(),
                         d.id
-                    )
+                    ))
                 }),
             Origin::Synthetic { round, .. } => samples.rounds[round]
                 .tokens
                 .get(&d.id)
                 .map(|(t, ends)| (t.as_slice(), *ends))
-                .with_context(|| {
-                    format!(
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
                         "synthetic document {} is missing from round {round}'s samples",
                         d.id
-                    )
+                    ))
                 }),
         })
         .collect::<Result<Vec<(&[u32], bool)>>>()?;

@@ -2,7 +2,6 @@
 //! a filter ranks by (the verifier, trained here once per repetition, or the model that wrote them), keep
 //! what the filter keeps, and compose D_t with every decision in the manifest.
 
-use anyhow::{bail, Context, Result};
 use corpus::{
     compose_selected, greedy_distinct_ngrams, keep_lowest, keep_under, oracle_select, token_stream,
     CurationCounts, CurationRecord, Decision, Document, Manifest, RoundPlan,
@@ -18,6 +17,7 @@ use crate::progress::Progress;
 use crate::round::Round;
 use crate::rundir::{phase_dir, write_json, RunDir};
 use crate::samples::{RoundSamples, SampleStore};
+use crate::{invalid, io, Error, Result};
 
 /// Round `t` (t >= 1) of a curated chain: draw the planned candidates, score them as the filter needs,
 /// keep what it keeps, and compose D_t with every decision in the manifest.
@@ -34,7 +34,7 @@ pub(crate) fn phase(
     let cand = ctx.candidates[&setting.name][t];
     let end = cand.real_offset + cand.real;
     if end > pool.len() {
-        bail!(
+        invalid!(
             "round {t} needs pool documents up to {end}, the pool has {}",
             pool.len()
         );
@@ -61,7 +61,7 @@ pub(crate) fn phase(
         let RoundSamples { docs, tokens } =
             samples.get(ctx, &dir.root, &setting.name, rep, t - 1)?;
         if docs.len() < cand.synthetic {
-            bail!(
+            invalid!(
                 "round {t} needs {} synthetic candidates, round {} wrote {}",
                 cand.synthetic,
                 t - 1,
@@ -115,14 +115,15 @@ pub(crate) fn verifier(
     rep: usize,
 ) -> Result<Box<dyn LanguageModel>> {
     let FilterSpec::Verifier { docs, steps, .. } = filter else {
-        bail!("filter {} is not a verifier", filter.name());
+        invalid!("filter {} is not a verifier", filter.name());
     };
     let vd = verifier_dir(&dir.root, filter.name(), rep);
-    std::fs::create_dir_all(&vd).with_context(|| format!("cannot create {}", vd.display()))?;
+    std::fs::create_dir_all(&vd).map_err(io(|| format!("cannot create {}", vd.display())))?;
     let _lock = dir.lock_round0(&vd)?;
     let kind = ctx
         .models
-        .kind(&filter.verifier_model(&ctx.cfg.model), ctx.tok.vocab_size())?;
+        .kind(&filter.verifier_model(&ctx.cfg.model), ctx.tok.vocab_size())
+        .map_err(Error::Models)?;
     let model_path = vd.join(kind.model_file());
     let model = if model_path.exists() {
         load_model(&*kind, &model_path, "delete it to retrain the verifier")?
@@ -183,8 +184,11 @@ pub fn select<'d>(
     let record = |decisions| CurationRecord::new(name, filter.kind(), decisions);
     // The others keep the scheduled fresh documents and choose among the synthetic candidates.
     let score_all = |entropy: bool| -> Result<Vec<f64>> {
-        let (model, eot) = scorer
-            .with_context(|| format!("curation filter {name:?} has no model to score with"))?;
+        let (model, eot) = scorer.ok_or_else(|| {
+            Error::Invalid(format!(
+                "curation filter {name:?} has no model to score with"
+            ))
+        })?;
         synthetic
             .iter()
             .map(|(_, toks)| {
@@ -196,7 +200,9 @@ pub fn select<'d>(
     let (scores, kept): (Vec<Option<f64>>, Vec<bool>) = match filter {
         // The oracle filters the whole mix of real and synthetic candidates.
         FilterSpec::Oracle { .. } => {
-            let stream = cand.oracle.context("the oracle's stream was not planned")?;
+            let stream = cand
+                .oracle
+                .ok_or_else(|| Error::Invalid("the oracle's stream was not planned".into()))?;
             let real_ids: Vec<String> = real.iter().map(|d| d.id.clone()).collect();
             let syn_ids: Vec<String> = synthetic.iter().map(|(d, _)| d.id.clone()).collect();
             let (decisions, kr, ks) = oracle_select(&stream, &real_ids, &syn_ids, seed)?;
@@ -211,13 +217,13 @@ pub fn select<'d>(
             let scores = score_all(false)?;
             let kept = match threshold {
                 None => keep_lowest(&scores, needed_synthetic),
-                Some(th) => keep_under(&scores, *th, needed_synthetic).with_context(|| {
-                    format!(
+                Some(th) => keep_under(&scores, *th, needed_synthetic).ok_or_else(|| {
+                    Error::Invalid(format!(
                         "curation filter {name:?}: only {} of {} candidates score under {th} nats per token, \
                          {needed_synthetic} are needed: raise the threshold or curation.max_candidates",
                         scores.iter().filter(|s| **s < *th).count(),
                         scores.len()
-                    )
+                    ))
                 })?,
             };
             (scores.into_iter().map(Some).collect(), kept)

@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
 use lm::{Evaluation, LanguageModel};
 use serde::{Deserialize, Serialize};
 
 use crate::round::Round;
 use crate::rundir::{read_json, write_json};
+use crate::Result;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct EvalRecord {

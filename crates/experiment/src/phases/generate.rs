@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
 use corpus::Document;
 use lm::LanguageModel;
 
@@ -16,6 +15,7 @@ use crate::progress::Progress;
 use crate::round::Round;
 use crate::rundir::write_verified;
 use crate::samples::{read_samples_file, GenerationStats, Sample};
+use crate::{invalid, io, Result};
 
 /// What the generate phase hands on: the round's samples, this chain's statistics of them, the phase's wall
 /// time and the device it ran on (absent in samples written before devices were recorded).
@@ -98,7 +98,7 @@ pub(crate) fn generate(
         ctx.tok.encode(&cfg.generation.prompt)?
     };
     if prompt.is_empty() {
-        bail!(
+        invalid!(
             "generation.prompt {:?} encodes to no tokens",
             cfg.generation.prompt
         );
@@ -125,7 +125,7 @@ pub(crate) fn generate(
     let (mut new_tokens, mut kept, mut drawn) = (0usize, 0usize, 0usize);
     while kept < count {
         if drawn >= max_draws {
-            bail!(
+            invalid!(
                 "round {t} of repetition {rep}: only {kept} of {drawn} generated documents ended before \
                  max_new_tokens = {cap}, and {count} are needed: raise generation.max_new_tokens or \
                  generation.max_draws, or use truncated = \"open\""
@@ -157,26 +157,29 @@ pub(crate) fn generate(
         let tps = new_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         progress.update(kept as u64, count as u64, format!("{tps:.0} new tokens/s"));
     }
-    let mut body = Vec::new();
-    {
-        let mut enc = zstd::Encoder::new(&mut body, 3)?;
-        // zstd's own frame checksum, beside the file's SHA-256: the file also stands alone.
-        enc.include_checksum(true)?;
-        writeln!(
-            enc,
-            "{}",
-            serde_json::json!({ "meta": {
-                "wall_s": started.elapsed().as_secs_f64(),
-                "new_tokens": new_tokens,
-                "max_new_tokens": cap,
-                "drawn": drawn,
-                "device": ctx.kind.device(),
-            } })
-        )?;
-        for s in &out {
-            writeln!(enc, "{}", serde_json::to_string(s)?)?;
-        }
-        enc.finish()?;
-    }
+    let meta = serde_json::json!({ "meta": {
+        "wall_s": started.elapsed().as_secs_f64(),
+        "new_tokens": new_tokens,
+        "max_new_tokens": cap,
+        "drawn": drawn,
+        "device": ctx.kind.device(),
+    } });
+    let lines = std::iter::once(meta.to_string())
+        .chain(out.iter().map(|s| serde_json::to_string(s).expect("a sample serialises")));
+    let body = compress(lines)
+        .map_err(io(|| format!("cannot compress the samples of {}", path.display())))?;
     Ok(write_verified(path, &body)?)
+}
+
+/// The lines, zstd-compressed in memory with zstd's own frame checksum (beside the file's SHA-256: the file
+/// also stands alone).
+fn compress(lines: impl Iterator<Item = String>) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut enc = zstd::Encoder::new(&mut body, 3)?;
+    enc.include_checksum(true)?;
+    for l in lines {
+        writeln!(enc, "{l}")?;
+    }
+    enc.finish()?;
+    Ok(body)
 }

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
 use lm::LanguageModel;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +11,7 @@ use crate::phases::train::load_model;
 use crate::round::Round;
 use crate::rundir::{phase_dir, read_json, write_json};
 use crate::samples::Sample;
+use crate::Result;
 
 /// Quantiles 5, 25, 50, 75 and 95% (linear interpolation between order statistics, R's type 7).
 pub(crate) fn quantiles(xs: &[f64]) -> Option<Vec<f64>> {

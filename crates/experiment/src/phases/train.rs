@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use corpus::Manifest;
 use lm::{LanguageModel, ModelKind, TrainConfig, Training};
 use serde::{Deserialize, Serialize};
@@ -18,6 +17,7 @@ use crate::progress::Progress;
 use crate::round::Round;
 use crate::rundir::{read_json, read_verified, write_json, write_verified};
 use crate::samples::SampleStore;
+use crate::{io, At, Error, Result};
 
 /// Training in progress, saved in each checkpoint directory beside its model and optimizer: the step and
 /// the loss log so far.
@@ -135,7 +135,7 @@ pub(crate) fn load_model(
 ) -> Result<Box<dyn LanguageModel>> {
     let bytes = read_verified(path, remedy)?;
     kind.load(&bytes, &path.display().to_string())
-        .map_err(|e| anyhow::anyhow!("{e}: {remedy}"))
+        .map_err(|e| Error::Invalid(format!("{e}: {remedy}")))
 }
 
 /// What one training phase trains: the kind of model, the training settings, and its seeds.
@@ -189,7 +189,7 @@ pub(crate) fn train(
     let (mut training, mut losses, mut heldout, wall_before, device_before) =
         if let Some((ck, _)) = latest_checkpoint(rd) {
             let bad = || format!("delete {} to redo this round's training", ck.display());
-            let st: TrainState = read_json(&ck.join("state.json")).with_context(bad)?;
+            let st: TrainState = read_json(&ck.join("state.json")).at(bad)?;
             let parts = job
                 .kind
                 .parts()
@@ -199,13 +199,14 @@ pub(crate) fn train(
             let training = job
                 .kind
                 .resume(lm_job, &parts, st.step)
-                .map_err(|e| anyhow::anyhow!("{}: {e}: {}", ck.display(), bad()))?;
+                .map_err(|e| Error::Invalid(format!("{}: {e}: {}", ck.display(), bad())))?;
             progress.note(&format!("resuming training at step {}", st.step));
             (training, st.losses, st.heldout, st.wall_s, st.device)
         } else {
-            let training = job.kind.start(lm_job).map_err(|e| {
-                anyhow::anyhow!("cannot train on the corpus of {}: {e}", rd.display())
-            })?;
+            let training = job
+                .kind
+                .start(lm_job)
+                .at(|| format!("cannot train on the corpus of {}", rd.display()))?;
             (training, Vec::new(), Vec::new(), 0.0, None)
         };
     // The held-out curve (nanoGPT's eval_interval): exact mean NLL over the first `eval_tokens` held-out
@@ -274,14 +275,16 @@ pub(crate) fn train(
     write_json(&rd.join("train.json"), &rec)?;
     // The model is its kind's first part; the rest (an optimizer's state) is kept only when asked.
     let parts = training.parts()?;
-    let (model_part, rest) = parts.split_first().context("a training without a model")?;
+    let (model_part, rest) = parts
+        .split_first()
+        .ok_or_else(|| Error::Invalid("a training without a model".into()))?;
     if cfg.training.keep_optimizer_state {
         for (name, bytes) in rest {
             write_verified(&rd.join(name), bytes)?;
         }
     }
     write_verified(&rd.join(model_part.0), &model_part.1)
-        .context("cannot write the round's model")?;
+        .at(|| "cannot write the round's model".into())?;
     remove_checkpoints(rd, None)?;
     Ok((training.into_model(), rec))
 }
@@ -301,10 +304,10 @@ pub(crate) fn save_checkpoint(
     let partial = rd.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+        .map_err(io(|| format!("cannot create {}", partial.display())))?;
     for (file, bytes) in training.parts()? {
         write_verified(&partial.join(file), &bytes)
-            .context("cannot write a training checkpoint")?;
+            .at(|| "cannot write a training checkpoint".into())?;
     }
     write_json(
         &partial.join("state.json"),
@@ -319,16 +322,19 @@ pub(crate) fn save_checkpoint(
     let done = rd.join(&name);
     let _ = std::fs::remove_dir_all(&done);
     std::fs::rename(&partial, &done)
-        .with_context(|| format!("cannot rename {}", partial.display()))?;
+        .map_err(io(|| format!("cannot rename {}", partial.display())))?;
     remove_checkpoints(rd, Some(&name))
 }
 
 pub(crate) fn remove_checkpoints(rd: &Path, keep: Option<&str>) -> Result<()> {
-    for e in std::fs::read_dir(rd)?.flatten() {
+    for e in std::fs::read_dir(rd)
+        .map_err(io(|| format!("cannot read {}", rd.display())))?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("ckpt-") && Some(name.as_str()) != keep {
             std::fs::remove_dir_all(e.path())
-                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+                .map_err(io(|| format!("cannot remove {}", e.path().display())))?;
         }
     }
     Ok(())
