@@ -9,10 +9,10 @@ use crate::config::{Config, Steps};
 use crate::context::{check_models, prepare};
 use crate::models::Models;
 use crate::phases::train::{round_job, train, TrainRecord};
-use crate::{invalid, io, Error, Result};
 use crate::plan::default_out;
 use crate::progress::Progress;
 use crate::rundir::{read_json, write_atomic, RunDir};
+use crate::{invalid, io, Error, Result};
 
 /// What `calibrate` trains: the config (with the command line's overrides applied) and its choices.
 #[derive(Debug, Clone)]

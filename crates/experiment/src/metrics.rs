@@ -13,8 +13,8 @@ use crate::phases::tails::TailsRecord;
 use crate::phases::train::TrainRecord;
 use crate::round::Round;
 use crate::rundir::{read_json, write_atomic, write_json, RunDir};
-use crate::Result;
 use crate::samples::set_generation_stats;
+use crate::Result;
 
 /// One row of `metrics.jsonl`: a (setting, repetition, round).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

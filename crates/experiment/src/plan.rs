@@ -37,11 +37,9 @@ pub fn parse_only(only: Option<&str>, cfg: &Config) -> Result<Selection> {
     let (s, rep) = match only.split_once('/') {
         Some((s, r)) => (
             s,
-            Some(
-                r.parse::<usize>().map_err(|e| {
-                    Error::Invalid(format!("--only {only}: bad repetition {r:?}: {e}"))
-                })?,
-            ),
+            Some(r.parse::<usize>().map_err(|e| {
+                Error::Invalid(format!("--only {only}: bad repetition {r:?}: {e}"))
+            })?),
         ),
         None => (only, None),
     };

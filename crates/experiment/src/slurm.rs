@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use crate::config::Config;
 use crate::plan::{chains, parse_only};
 use crate::rundir::{write_atomic, RunDir};
@@ -121,8 +120,9 @@ pub fn write(a: SlurmArgs) -> Result<()> {
         q(&device),
     );
     let path = out.join("slurm/collapse-lab.sbatch");
-    std::fs::create_dir_all(out.join("slurm/logs"))
-        .map_err(io(|| format!("cannot create {}", out.join("slurm/logs").display())))?;
+    std::fs::create_dir_all(out.join("slurm/logs")).map_err(io(|| {
+        format!("cannot create {}", out.join("slurm/logs").display())
+    }))?;
     write_atomic(&path, script.as_bytes())?;
     println!("{}", path.display());
     Ok(())

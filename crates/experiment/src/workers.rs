@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-
 use crate::plan::{chains, Selection};
 use crate::{io, Error, Result};
 
@@ -83,7 +82,10 @@ pub fn run_jobs(args: WorkerArgs, sel: &Selection, jobs: usize) -> Result<()> {
             // Every worker's progress, one prefixed line at a time; the last line is kept for errors.
             let reader = std::thread::spawn(move || {
                 let mut last = String::new();
-                for line in BufReader::new(stderr).lines().map_while(std::io::Result::ok) {
+                for line in BufReader::new(stderr)
+                    .lines()
+                    .map_while(std::io::Result::ok)
+                {
                     let line = line.trim_start_matches("[collapse-lab] ").to_string();
                     eprintln!("{label} {line}");
                     last = line;

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use experiment::write_atomic;
+
+use crate::{Error, Result};
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
@@ -24,8 +25,8 @@ pub(crate) const COLORS: [RGBColor; 10] = [
     RGBColor(188, 189, 34),
 ];
 
-pub(crate) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("cannot draw the plot: {e:?}")
+pub(crate) fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
+    Error::Plot(format!("{e:?}"))
 }
 
 /// One line of a chart: points (x, mean, low, high), drawn with the colour, marker and dash of `style`.
@@ -446,17 +447,20 @@ pub(crate) fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
     db.load_font_data(dejavu::sans::regular().to_vec());
     db.set_sans_serif_family("DejaVu Sans");
     opt.font_family = "DejaVu Sans".into();
-    let tree = resvg::usvg::Tree::from_str(svg, &opt).context("the plot's SVG does not parse")?;
+    let tree = resvg::usvg::Tree::from_str(svg, &opt)
+        .map_err(|e| Error::Plot(format!("the plot's SVG does not parse: {e}")))?;
     let size = tree.size().to_int_size();
-    let mut pixmap =
-        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("empty plot")?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| Error::Plot("empty plot".into()))?;
     pixmap.fill(resvg::tiny_skia::Color::WHITE);
     resvg::render(
         &tree,
         resvg::tiny_skia::Transform::default(),
         &mut pixmap.as_mut(),
     );
-    let png = pixmap.encode_png().context("cannot encode the PNG")?;
+    let png = pixmap
+        .encode_png()
+        .map_err(|e| Error::Plot(format!("cannot encode the PNG: {e}")))?;
     Ok(write_atomic(path, &png)?)
 }
 

@@ -21,6 +21,51 @@
 //! It reads a run only through the experiment crate's functions (its frozen config and finished rounds'
 //! metrics, its training records), never through the pipeline's internals, and knows nothing of models.
 
+/// Errors of the report; each message names the file or what it could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Experiment(#[from] experiment::Error),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Theory(#[from] ::theory::Error),
+    #[error("{what}")]
+    Csv {
+        what: String,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What plotters or resvg reported (their errors carry backend types, so only the message travels).
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
+    /// Nothing to report yet.
+    #[error("{0}")]
+    Empty(String),
+    /// Where the failure below happened.
+    #[error("{at}")]
+    At {
+        at: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The bytes of a CSV written into memory (flushing into a `Vec` cannot fail).
+pub(crate) fn csv_bytes(w: csv::Writer<Vec<u8>>) -> Vec<u8> {
+    w.into_inner().expect("an in-memory CSV flushes")
+}
+
 mod bridge;
 mod charts;
 mod page;
@@ -31,8 +76,8 @@ pub mod theory;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use experiment::config::Config;
+use experiment::config::{Config, ConfigError};
+use experiment::RunDirError;
 use experiment::{
     collect_metrics, frozen_config, phase_dir, read_json, refresh_generation_stats, write_atomic,
     MetricsRow, TrainRecord,
@@ -249,13 +294,16 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
             out,
         } => {
             let cfg = Config::load(config)?;
-            let mut rd = csv::Reader::from_path(metrics)
-                .with_context(|| format!("cannot read {}", metrics.display()))?;
+            let mut rd = csv::Reader::from_path(metrics).map_err(|source| Error::Csv {
+                what: format!("cannot read {}", metrics.display()),
+                source,
+            })?;
             let rows: Vec<MetricsRow> = rd
                 .deserialize()
                 .collect::<std::result::Result<_, _>>()
-                .with_context(|| {
-                    format!("{} is not a collapse-lab metrics.csv", metrics.display())
+                .map_err(|source| Error::Csv {
+                    what: format!("{} is not a collapse-lab metrics.csv", metrics.display()),
+                    source,
                 })?;
             let name = out
                 .file_name()
@@ -272,11 +320,13 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
     }
     if rows.is_empty() {
         match &root {
-            Some(r) => bail!(
+            Some(r) => {
+                return Err(Error::Empty(format!(
                 "{} has no finished round yet: run `collapse-lab run` first (or wait for its first round)",
                 r.display()
-            ),
-            None => bail!("the metrics file holds no row"),
+            )))
+            }
+            None => return Err(Error::Empty("the metrics file holds no row".into())),
         }
     }
     rows.sort_by(|a, b| {
@@ -289,17 +339,27 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
             // The curation columns go to curation.csv: in metrics.csv every row has the same columns.
             let mut r = r.clone();
             r.curation = None;
-            w.serialize(&r)?;
+            w.serialize(&r).map_err(|source| Error::Csv {
+                what: "cannot write metrics.csv".into(),
+                source,
+            })?;
         }
-        write_atomic(&root.join("metrics.csv"), &w.into_inner().context("csv")?)?;
+        write_atomic(&root.join("metrics.csv"), &csv_bytes(w))?;
     }
     let curated = rows.iter().any(|r| r.curation.is_some());
     if curated {
         if let Some(root) = &root {
-            write_atomic(&root.join("curation.csv"), &curation_csv(&rows)?)?;
+            let bytes = curation_csv(&rows).map_err(|source| Error::Csv {
+                what: "cannot write curation.csv".into(),
+                source,
+            })?;
+            write_atomic(&root.join("curation.csv"), &bytes)?;
         }
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        what: format!("cannot create {}", dir.display()),
+        source,
+    })?;
 
     let heldout = analyse(&layout, &rows, &HELDOUT, "Held-out plots");
     let second = rows
@@ -553,7 +613,11 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
     if let Some(r) = &risk {
         sets.push(("log_risk", r));
     }
-    write_atomic(&dir.join("paired.csv"), &paired_csv(&sets)?)?;
+    let bytes = paired_csv(&sets).map_err(|source| Error::Csv {
+        what: "cannot write paired.csv".into(),
+        source,
+    })?;
+    write_atomic(&dir.join("paired.csv"), &bytes)?;
     let incomplete = layout.incomplete(&cfg, &rows);
     let text_note = if robust {
         format!(

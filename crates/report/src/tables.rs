@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use corpus::CurationCounts;
 use experiment::config::{candidate_counts, Config, FilterSpec, Truncation};
 use experiment::{CurationMetrics, MetricsRow};
 
 use crate::stats::{fieller, holm, Estimate, ALPHA};
+use crate::{csv_bytes, Error, Result};
 
 /// A metric of each finished round: chain -> round -> repetition -> value. Keyed by name, so rows written
 /// under other setting numbers (a run resumed by a newer binary) still join.
@@ -650,7 +650,7 @@ pub(crate) fn curation_table(cfg: &Config, layout: &Layout, rows: &[MetricsRow])
 }
 
 /// Every curated round's filter counts and rates, one row per (chain, repetition, round).
-pub(crate) fn curation_csv(rows: &[MetricsRow]) -> Result<Vec<u8>> {
+pub(crate) fn curation_csv(rows: &[MetricsRow]) -> csv::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "setting",
@@ -687,7 +687,7 @@ pub(crate) fn curation_csv(rows: &[MetricsRow]) -> Result<Vec<u8>> {
             ])?;
         }
     }
-    w.into_inner().context("csv")
+    Ok(csv_bytes(w))
 }
 
 /// Reads back a `curation.csv` into the rows' `curation` fields (for re-analysing published results).
@@ -707,11 +707,16 @@ pub(crate) fn join_curation_csv(path: &Path, rows: &mut [MetricsRow]) -> Result<
         type2: Option<f64>,
         verifier_perplexity: Option<f64>,
     }
-    let mut rd =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rd = csv::Reader::from_path(path).map_err(|source| Error::Csv {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
     let mut by = BTreeMap::new();
     for l in rd.deserialize::<Line>() {
-        let l = l.with_context(|| format!("{} is not a curation.csv", path.display()))?;
+        let l = l.map_err(|source| Error::Csv {
+            what: format!("{} is not a curation.csv", path.display()),
+            source,
+        })?;
         by.insert((l.setting.clone(), l.repetition, l.round), l);
     }
     for r in rows.iter_mut() {
@@ -837,7 +842,7 @@ pub(crate) fn tails_table(layout: &Layout, rows: &[MetricsRow]) -> String {
 
 /// Every chain and round with its repetitions, perplexity and paired change, joined by (chain, round), and
 /// p-values adjusted over every (chain, round >= 1) of the evaluation set.
-pub(crate) fn paired_csv(sets: &[(&str, &Analysis)]) -> Result<Vec<u8>> {
+pub(crate) fn paired_csv(sets: &[(&str, &Analysis)]) -> csv::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "evaluation",
@@ -915,7 +920,7 @@ pub(crate) fn paired_csv(sets: &[(&str, &Analysis)]) -> Result<Vec<u8>> {
             ])?;
         }
     }
-    w.into_inner().context("csv")
+    Ok(csv_bytes(w))
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use corpus::{Schedule, Size};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -13,6 +12,7 @@ use theory::{categorical_risk, simulate, unlimited_plan, Filter, ModelClass};
 
 use crate::charts::{log_ticks, plot_err, svg_to_png, COLORS};
 use crate::page::html_table;
+use crate::{csv_bytes, Error, Result};
 use experiment::{write_atomic, Config};
 
 /// One row of the theory's metrics: a (schedule, round).
@@ -59,13 +59,15 @@ pub fn run(cfg: &Config, out: &Path) -> Result<PathBuf> {
     let mut rows = Vec::new();
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for s in cfg.settings()? {
-        let plan = unlimited_plan(&s.schedule, cfg.schedule.rounds)
-            .with_context(|| format!("setting {s}"))?;
+        let at = |e: ::theory::Error| Error::At {
+            at: format!("setting {s}"),
+            source: Box::new(e.into()),
+        };
+        let plan = unlimited_plan(&s.schedule, cfg.schedule.rounds).map_err(at)?;
         let exact = match sim.model {
-            ModelClass::Categorical => Some(
-                categorical_risk(&plan, s.schedule.accumulate, c, filter)
-                    .with_context(|| format!("setting {s}"))?,
-            ),
+            ModelClass::Categorical => {
+                Some(categorical_risk(&plan, s.schedule.accumulate, c, filter).map_err(at)?)
+            }
             _ => None,
         };
         let bands = simulate(&sim, &plan, s.schedule.accumulate)?;
@@ -93,17 +95,22 @@ pub fn run(cfg: &Config, out: &Path) -> Result<PathBuf> {
             None => groups.push((panel, vec![s.name.clone()])),
         }
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create {}: choose a writable --out", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        what: format!("cannot create {}: choose a writable --out", out.display()),
+        source,
+    })?;
     let mut jsonl = String::new();
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in &rows {
-        jsonl.push_str(&serde_json::to_string(r)?);
+        jsonl.push_str(&serde_json::to_string(r).expect("a theory row serialises"));
         jsonl.push('\n');
-        w.serialize(r)?;
+        w.serialize(r).map_err(|source| Error::Csv {
+            what: "cannot write the theory's metrics.csv".into(),
+            source,
+        })?;
     }
     write_atomic(&out.join("metrics.jsonl"), jsonl.as_bytes())?;
-    write_atomic(&out.join("metrics.csv"), &w.into_inner().context("csv")?)?;
+    write_atomic(&out.join("metrics.csv"), &csv_bytes(w))?;
     write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     let svg = draw(&rows, &groups)?;

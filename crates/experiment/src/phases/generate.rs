@@ -164,10 +164,13 @@ pub(crate) fn generate(
         "drawn": drawn,
         "device": ctx.kind.device(),
     } });
-    let lines = std::iter::once(meta.to_string())
-        .chain(out.iter().map(|s| serde_json::to_string(s).expect("a sample serialises")));
-    let body = compress(lines)
-        .map_err(io(|| format!("cannot compress the samples of {}", path.display())))?;
+    let lines = std::iter::once(meta.to_string()).chain(
+        out.iter()
+            .map(|s| serde_json::to_string(s).expect("a sample serialises")),
+    );
+    let body = compress(lines).map_err(io(|| {
+        format!("cannot compress the samples of {}", path.display())
+    }))?;
     Ok(write_verified(path, &body)?)
 }
 
