@@ -5,6 +5,10 @@
 for each toggle, the synthetic gain a = L(F1) - L(S3) at round 1 (held-out mean NLL per token) minus
 today's, over the repetitions both ran, a paired t-test, Holm over the five toggles. It also prints every
 config's f = mean(a) / mean(b), b = L(F1) - L(R2), with Fieller's 95% interval, as `report` does.
+Analysis (iii): a-large's f against a-small's, the difference with a delta-method interval.
+Design B, per config and round t = 1..4: d_t = L(S3_t) - L(F_t) paired by repetition against 0 (as `report`'s
+contrast gives it) and against the theory's predicted gain -beta log2(2(t+1)/(t+2)), where beta is a-large's
+mean doubling gain L(F1) - L(R2); Holm over the four rounds for each of the two questions.
 
     python3 scripts/setting3_analysis.py runs/ > docs/results/setting3/toggles.md
 
@@ -25,14 +29,107 @@ A_CONFIGS = ["a-small", "toggle-today", "toggle-open", "toggle-tokens", "toggle-
 TOGGLES = ["toggle-open", "toggle-tokens", "toggle-passes", "toggle-cap", "a-small"]
 
 
-def round1_nll(run: Path):
-    """chain -> repetition -> held-out mean NLL at round 1."""
+B_CONFIGS = ["b-passes", "b-fixed"]
+B_ROUNDS = [1, 2, 3, 4]
+
+
+def nll(run: Path, round_):
+    """chain -> repetition -> held-out mean NLL at `round_`."""
     out = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["round"] == 1:
+        if r["round"] == round_:
             out.setdefault(r["setting"], {})[r["repetition"]] = math.log(r["heldout_perplexity"])
     return out
+
+
+def round1_nll(run: Path):
+    return nll(run, 1)
+
+
+def t_interval(x):
+    """(mean, half-width of the 95% t interval, two-sided p against 0); None for fewer than 2 values."""
+    x = np.asarray(x)
+    n = len(x)
+    if n < 2:
+        return None
+    se = x.std(ddof=1) / math.sqrt(n)
+    p = 2 * stats.t.sf(abs(x.mean() / se), n - 1) if se > 0 else (0.0 if x.mean() != 0 else 1.0)
+    return x.mean(), stats.t.ppf(0.975, n - 1) * se, p
+
+
+def predicted_gain(beta, t):
+    """The theory's gain of setting 3 over fresh-only at round t, in nats: its effective sample size is
+    2(t+1)/(t+2) n, and beta nats are what doubling n buys."""
+    return -beta * math.log2(2 * (t + 1) / (t + 2))
+
+
+def f_with_se(ab):
+    """f = mean(a) / mean(b) and its delta-method standard error."""
+    a, b = ab[:, 0], ab[:, 1]
+    n = len(a)
+    ma, mb = a.mean(), b.mean()
+    f = ma / mb
+    var = (a.var(ddof=1) - 2 * f * np.cov(a, b, ddof=1)[0, 1] + f * f * b.var(ddof=1)) / (n * mb * mb)
+    return f, math.sqrt(var)
+
+
+def scale(have):
+    """Analysis (iii): a-large's f against a-small's (independent repetitions; delta method, normal)."""
+    if not have.get("a-large") or not have.get("a-small"):
+        return
+    fl, sl = f_with_se(np.array(list(have["a-large"].values())))
+    fs, ss = f_with_se(np.array(list(have["a-small"].values())))
+    d, se = fl - fs, math.sqrt(sl * sl + ss * ss)
+    z = d / se
+    p = 2 * stats.norm.sf(abs(z))
+    print("## Scale (analysis (iii)): f at n = 96, width 96 against f at n = 24, width 48, every fix on")
+    print()
+    print("| f(a-large) | f(a-small) | difference [95% CI] | p |")
+    print("|---|---|---|---|")
+    print(f"| {fl:.3f} (se {sl:.3f}) | {fs:.3f} (se {ss:.3f}) | {d:+.3f} [{d - 1.96 * se:+.3f}, {d + 1.96 * se:+.3f}] | {p:.2g} |")
+    print()
+    print("One comparison (no family). The repetitions of the two configs are independent; each f's standard "
+          "error is the delta method's for a ratio of paired means, and the difference is taken as normal.")
+    print()
+
+
+def design_b(root: Path, beta):
+    print(f"## B: L(S3_t) - L(F_t) against 0 and against the predicted gain (beta = {beta:.4f} nats, a-large)")
+    print()
+    for name in B_CONFIGS:
+        run = root / f"setting3-{name}"
+        if not (run / "metrics.jsonl").exists():
+            print(f"{name}: not run.")
+            print()
+            continue
+        rows = []
+        for t in B_ROUNDS:
+            L = nll(run, t)
+            s3, fo = L.get("decaying-alpha", {}), L.get("fresh-only", {})
+            d = [s3[k] - fo[k] for k in sorted(s3) if k in fo]
+            pred = predicted_gain(beta, t)
+            rows.append((t, len(d), t_interval(d), t_interval([x - pred for x in d]), pred))
+        adj0 = holm([r[2][2] if r[2] else None for r in rows])
+        adjp = holm([r[3][2] if r[3] else None for r in rows])
+        print(f"### {name}")
+        print()
+        print("| round | repetitions | d = L(S3) - L(F), nats [95% CI] | p vs 0 (Holm) | predicted d, nats | "
+              "p vs predicted (Holm) | verdict |")
+        print("|---|---|---|---|---|---|---|")
+        for (t, n, e0, ep, pred), a0, ap in zip(rows, adj0, adjp):
+            if e0 is None:
+                print(f"| {t} | {n} | fewer than 2 repetitions | - | {pred:+.3f} | - | - |")
+                continue
+            m, h, _ = e0
+            v0 = ("better than fresh-only" if m < 0 else "worse than fresh-only") if a0 < 0.05 else "no clear difference from fresh-only"
+            vp = "excludes the prediction" if ap < 0.05 else "consistent with the prediction"
+            print(f"| {t} | {n} | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] | {e0[2]:.4f} ({a0:.4f}) | {pred:+.3f} | "
+                  f"{ep[2]:.4f} ({ap:.4f}) | {v0}; {vp} |")
+        print()
+    print("Family: the 4 rounds of each config, once for each question (Holm; a round without data counts as "
+          "p = 1). d < 0 means setting 3 beat fresh-only. The prediction treats beta as known; its own 95% "
+          "interval scales every predicted d by the same factor.")
 
 
 def gains(run: Path):
@@ -103,6 +200,11 @@ def main(root: Path):
     print()
     print(f"Family: the {len(rows)} toggles of the design (Holm; one not run counts as p = 1). "
           "a > 0 means synthetic plots lowered held-out NLL.")
+    print()
+    scale(have)
+    if have.get("a-large"):
+        beta = float(np.mean([b for _, b in have["a-large"].values()]))
+        design_b(root, beta)
 
 
 if __name__ == "__main__":
