@@ -181,14 +181,8 @@ def main(root: Path):
     rows = []
     for name in TOGGLES:
         reps = sorted(set(today) & set(have.get(name, {})))
-        d = np.array([have[name][k][0] - today[k][0] for k in reps])
-        if len(d) < 2:
-            rows.append((name, len(d), None, None, None))
-            continue
-        t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
-        p = 2 * stats.t.sf(abs(t), len(d) - 1)
-        h = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        rows.append((name, len(d), d.mean(), h, p))
+        d = [have[name][k][0] - today[k][0] for k in reps]
+        rows.append((name, len(d), *(t_interval(d) or (None, None, None))))
     adj = holm([r[4] for r in rows])
     print("| toggle | repetitions | a(toggle) - a(today), nats [95% CI] | p | p (Holm) | matters? |")
     print("|---|---|---|---|---|---|")

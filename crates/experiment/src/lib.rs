@@ -31,7 +31,8 @@ pub use phases::train::{stream_sha256, TrainRecord};
 pub use plan::{chains, default_out, derive_seed, parse_only, Selection};
 pub use round::run;
 pub use rundir::{
-    frozen_config, phase_dir, read_json, read_verified, write_atomic, RunDir, RunDirError,
+    frozen_config, io, phase_dir, read_json, read_verified, write_atomic, IoError, RunDir,
+    RunDirError,
 };
 pub use samples::{read_samples_file, refresh_generation_stats, GenerationStats, Sample};
 pub use status::status;
@@ -54,13 +55,8 @@ pub enum Error {
     Models(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Busy(#[from] ChainsBusy),
-    /// A file, directory or process the experiment cannot create, read, write or start.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// An argument, a saved file or a state the experiment cannot go on with; the message says what to do.
     #[error("{0}")]
     Invalid(String),
@@ -100,14 +96,6 @@ impl<T, E: Into<Error>> At<T> for std::result::Result<T, E> {
             at: at(),
             source: Box::new(e.into()),
         })
-    }
-}
-
-/// An [`Error::Io`] saying `what` could not be done.
-pub(crate) fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io {
-        what: what(),
-        source,
     }
 }
 

@@ -11,16 +11,30 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
 
+/// A file, directory or process that cannot be created, read, written, locked or started; `what` says which
+/// and the source why. Shared by the experiment's errors and the report's.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct IoError {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Maps an `std::io::Error` to an [`IoError`] saying `what` could not be done (`?` turns it into the
+/// caller's error type).
+pub fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> IoError {
+    move |source| IoError {
+        what: what(),
+        source,
+    }
+}
+
 /// What can go wrong with a run directory; each message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
-    /// A file or directory that cannot be created, written, read or locked; `what` says which.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{} holds a run of a different config ({}); use another --out, or the run's own config.toml",
         root.display(), diff.join("; "))]
     OtherConfig { root: PathBuf, diff: Vec<String> },
@@ -62,14 +76,6 @@ pub enum RunDirError {
 
 pub type Result<T> = std::result::Result<T, RunDirError>;
 
-/// An [`RunDirError::Io`] saying `what` could not be done.
-fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> RunDirError {
-    move |source| RunDirError::Io {
-        what: what(),
-        source,
-    }
-}
-
 pub struct RunDir {
     pub root: PathBuf,
 }
@@ -81,14 +87,15 @@ fn lock_file(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
     }
-    File::options()
+    let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .map_err(io(|| {
             format!("cannot write {}: choose a writable --out", path.display())
-        }))
+        }))?;
+    Ok(file)
 }
 
 fn wait_for_lock(path: &Path) -> Result<Lock> {
@@ -150,7 +157,7 @@ impl RunDir {
             Ok(()) => Ok(Some(Lock(f))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
-                Err(io(|| format!("cannot lock {}", path.display()))(e))
+                Err(io(|| format!("cannot lock {}", path.display()))(e).into())
             }
         }
     }
@@ -287,7 +294,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             "cannot write {} (disk full or not writable?)",
             path.display()
         )
-    }))
+    }))?;
+    Ok(())
 }
 
 /// atomic-write-file gives the temporary file a random name (several processes, on several nodes of a shared
@@ -350,7 +358,7 @@ pub fn read_verified(path: &Path, remedy: &str) -> Result<Vec<u8>> {
             });
         }
         Err(e) => {
-            return Err(io(|| format!("cannot read {}", sum_path.display()))(e));
+            return Err(io(|| format!("cannot read {}", sum_path.display()))(e).into());
         }
     }
     Ok(bytes)

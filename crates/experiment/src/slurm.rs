@@ -39,7 +39,7 @@ pub struct SlurmArgs {
 const BUSY_WAIT_S: u32 = 120;
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(io(|| format!("cannot resolve {}", p.display())))
+    Ok(std::path::absolute(p).map_err(io(|| format!("cannot resolve {}", p.display())))?)
 }
 
 /// Writes `OUT/slurm/collapse-lab.sbatch` and prints its path.

@@ -32,31 +32,27 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Theory(#[from] ::theory::Error),
+    /// The theory's recurrence or simulation refused a setting's schedule.
+    #[error("setting {setting}")]
+    Setting {
+        setting: String,
+        #[source]
+        source: ::theory::Error,
+    },
     #[error("{what}")]
     Csv {
         what: String,
         #[source]
         source: csv::Error,
     },
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// What plotters or resvg reported (their errors carry backend types, so only the message travels).
     #[error("cannot draw the plot: {0}")]
     Plot(String),
     /// Nothing to report yet.
     #[error("{0}")]
     Empty(String),
-    /// Where the failure below happened.
-    #[error("{at}")]
-    At {
-        at: String,
-        #[source]
-        source: Box<Error>,
-    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -77,11 +73,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use experiment::config::{Config, ConfigError};
-use experiment::RunDirError;
 use experiment::{
     collect_metrics, frozen_config, phase_dir, read_json, refresh_generation_stats, write_atomic,
     MetricsRow, TrainRecord,
 };
+use experiment::{io, IoError, RunDirError};
 
 use charts::{figure, write_plot, Axes, Series};
 use page::{html_escape, html_sections};
@@ -356,10 +352,7 @@ pub fn report(input: &Input, opts: Options) -> Result<PathBuf> {
             write_atomic(&root.join("curation.csv"), &bytes)?;
         }
     }
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        what: format!("cannot create {}", dir.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
 
     let heldout = analyse(&layout, &rows, &HELDOUT, "Held-out plots");
     let second = rows

@@ -13,7 +13,7 @@ use theory::{categorical_risk, simulate, unlimited_plan, Filter, ModelClass};
 use crate::charts::{log_ticks, plot_err, svg_to_png, COLORS};
 use crate::page::html_table;
 use crate::{csv_bytes, Error, Result};
-use experiment::{write_atomic, Config};
+use experiment::{io, write_atomic, Config};
 
 /// One row of the theory's metrics: a (schedule, round).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,9 +59,9 @@ pub fn run(cfg: &Config, out: &Path) -> Result<PathBuf> {
     let mut rows = Vec::new();
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for s in cfg.settings()? {
-        let at = |e: ::theory::Error| Error::At {
-            at: format!("setting {s}"),
-            source: Box::new(e.into()),
+        let at = |source| Error::Setting {
+            setting: s.to_string(),
+            source,
         };
         let plan = unlimited_plan(&s.schedule, cfg.schedule.rounds).map_err(at)?;
         let exact = match sim.model {
@@ -95,10 +95,9 @@ pub fn run(cfg: &Config, out: &Path) -> Result<PathBuf> {
             None => groups.push((panel, vec![s.name.clone()])),
         }
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        what: format!("cannot create {}: choose a writable --out", out.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(io(|| {
+        format!("cannot create {}: choose a writable --out", out.display())
+    }))?;
     let mut jsonl = String::new();
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in &rows {
