@@ -10,14 +10,16 @@ Design B, per config and round t = 1..4: d_t = L(S3_t) - L(F_t) paired by repeti
 contrast gives it) and against the theory's predicted gain -beta log2(2(t+1)/(t+2)), where beta is a-large's
 mean doubling gain L(F1) - L(R2); Holm over the four rounds for each of the two questions.
 
-    python3 scripts/setting3_analysis.py runs/ > docs/results/setting3/toggles.md
+    python3 scripts/setting3_analysis.py runs/ --plots docs/results/setting3 > docs/results/setting3/toggles.md
 
-Needs numpy and scipy (pip install numpy scipy). Reads RUNS/setting3-NAME/metrics.jsonl.
+Needs numpy and scipy (pip install numpy scipy), and matplotlib for --plots, which draws each finished B
+config's d_t with its intervals beside the prediction (NAME/contrast.png). Reads RUNS/setting3-NAME/metrics.jsonl.
 """
 
+import argparse
 import json
 import math
-import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +96,49 @@ def scale(have):
     print()
 
 
-def design_b(root: Path, beta):
+def plot_b(name, rows, beta, path: Path):
+    """d_t with its 95% intervals against the theory's predicted d_t, on the table's scale (nats)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = [t for t, _, e0, _, _ in rows if e0]
+    m = [e0[0] for _, _, e0, _, _ in rows if e0]
+    h = [e0[1] for _, _, e0, _, _ in rows if e0]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.errorbar(ts, m, yerr=h, fmt="o-", color="tab:red", capsize=4,
+                label=f"measured, {rows[0][1]} repetitions (95% t interval)")
+    grid = np.linspace(1, ts[-1], 50)
+    ax.plot(grid, [predicted_gain(beta, t) for t in grid], "--", color="tab:blue",
+            label=f"theory: -beta log2(2(t+1)/(t+2)), beta = {beta:.3f}")
+    ax.set_xticks(ts)
+    ax.set_xlabel("round t")
+    ax.set_ylabel("L(setting 3) - L(fresh-only), nats")
+    ax.set_title(f"{name}: setting 3 against fresh-only, held-out mean NLL (paired)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def design_b(root: Path, beta, plots: Path | None):
     print(f"## B: L(S3_t) - L(F_t) against 0 and against the predicted gain (beta = {beta:.4f} nats, a-large)")
     print()
     for name in B_CONFIGS:
         run = root / f"setting3-{name}"
         if not (run / "metrics.jsonl").exists():
             print(f"{name}: not run.")
+            print()
+            continue
+        # A verdict only on the design's repetitions: a run still under way is not reported in part.
+        want = tomllib.loads((run / "config.toml").read_text())["experiment"]["repetitions"]
+        last = nll(run, B_ROUNDS[-1])
+        done = len(set(last.get("decaying-alpha", {})) & set(last.get("fresh-only", {})))
+        if done < want:
+            print(f"{name}: not finished ({done} of {want} repetitions have round {B_ROUNDS[-1]} in both chains).")
             print()
             continue
         rows = []
@@ -110,6 +148,8 @@ def design_b(root: Path, beta):
             d = [s3[k] - fo[k] for k in sorted(s3) if k in fo]
             pred = predicted_gain(beta, t)
             rows.append((t, len(d), t_interval(d), t_interval([x - pred for x in d]), pred))
+        if plots is not None:
+            plot_b(name, rows, beta, plots / name / "contrast.png")
         adj0 = holm([r[2][2] if r[2] else None for r in rows])
         adjp = holm([r[3][2] if r[3] else None for r in rows])
         print(f"### {name}")
@@ -155,7 +195,7 @@ def fieller(a, b, level=0.95):
     return ma / mb, ((q1 - math.sqrt(disc)) / q2, (q1 + math.sqrt(disc)) / q2)
 
 
-def main(root: Path):
+def main(root: Path, plots: Path | None):
     runs = {name: root / f"setting3-{name}" for name in A_CONFIGS}
     have = {k: gains(v) for k, v in runs.items() if (v / "metrics.jsonl").exists()}
     print("| config | repetitions | a = L(F1) - L(S3), nats [95% CI] | b = L(F1) - L(R2), nats [95% CI] | f [Fieller 95% CI] |")
@@ -198,8 +238,12 @@ def main(root: Path):
     scale(have)
     if have.get("a-large"):
         beta = float(np.mean([b for _, b in have["a-large"].values()]))
-        design_b(root, beta)
+        design_b(root, beta, plots)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="?", default="runs", type=Path, help="folder holding setting3-NAME run directories")
+    ap.add_argument("--plots", type=Path, help="write each finished B config's contrast.png under PLOTS/NAME/")
+    args = ap.parse_args()
+    main(args.runs, args.plots)
