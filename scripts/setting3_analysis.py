@@ -35,18 +35,17 @@ B_CONFIGS = ["b-passes", "b-fixed"]
 B_ROUNDS = [1, 2, 3, 4]
 
 
-def nll(run: Path, round_):
-    """chain -> repetition -> held-out mean NLL at `round_`."""
+def nll(run: Path):
+    """round -> chain -> repetition -> held-out mean NLL, from one read of the run's metrics."""
     out = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["round"] == round_:
-            out.setdefault(r["setting"], {})[r["repetition"]] = math.log(r["heldout_perplexity"])
+        out.setdefault(r["round"], {}).setdefault(r["setting"], {})[r["repetition"]] = math.log(r["heldout_perplexity"])
     return out
 
 
 def round1_nll(run: Path):
-    return nll(run, 1)
+    return nll(run).get(1, {})
 
 
 def t_interval(x):
@@ -103,9 +102,7 @@ def plot_b(name, rows, beta, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = [t for t, _, e0, _, _ in rows if e0]
-    m = [e0[0] for _, _, e0, _, _ in rows if e0]
-    h = [e0[1] for _, _, e0, _, _ in rows if e0]
+    ts, m, h = zip(*[(t, e0[0], e0[1]) for t, _, e0, _, _ in rows if e0])
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.axhline(0, color="grey", lw=0.8)
     ax.errorbar(ts, m, yerr=h, fmt="o-", color="tab:red", capsize=4,
@@ -135,7 +132,8 @@ def design_b(root: Path, beta, plots: Path | None):
             continue
         # A verdict only on the design's repetitions: a run still under way is not reported in part.
         want = tomllib.loads((run / "config.toml").read_text())["experiment"]["repetitions"]
-        last = nll(run, B_ROUNDS[-1])
+        by_round = nll(run)
+        last = by_round.get(B_ROUNDS[-1], {})
         done = len(set(last.get("decaying-alpha", {})) & set(last.get("fresh-only", {})))
         if done < want:
             print(f"{name}: not finished ({done} of {want} repetitions have round {B_ROUNDS[-1]} in both chains).")
@@ -143,7 +141,7 @@ def design_b(root: Path, beta, plots: Path | None):
             continue
         rows = []
         for t in B_ROUNDS:
-            L = nll(run, t)
+            L = by_round.get(t, {})
             s3, fo = L.get("decaying-alpha", {}), L.get("fresh-only", {})
             d = [s3[k] - fo[k] for k in sorted(s3) if k in fo]
             pred = predicted_gain(beta, t)
