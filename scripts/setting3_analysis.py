@@ -8,7 +8,9 @@ config's f = mean(a) / mean(b), b = L(F1) - L(R2), with Fieller's 95% interval, 
 Analysis (iii): a-large's f against a-small's, the difference with a delta-method interval.
 Design B, per config and round t = 1..4: d_t = L(S3_t) - L(F_t) paired by repetition against 0 (as `report`'s
 contrast gives it) and against the theory's predicted gain -beta log2(2(t+1)/(t+2)), where beta is a-large's
-mean doubling gain L(F1) - L(R2); Holm over the four rounds for each of the two questions.
+mean doubling gain L(F1) - L(R2); Holm over the four rounds for each of the two questions. Once both B configs
+have finished, an exploratory comparison the design did not fix: d_t(b-passes) - d_t(b-fixed), paired by
+repetition, Holm over the four rounds, with both configs' d_t drawn on one axis (b-contrast.png).
 
     python3 scripts/setting3_analysis.py runs/ --plots docs/results/setting3 > docs/results/setting3/toggles.md
 
@@ -95,25 +97,27 @@ def scale(have):
     print()
 
 
-def plot_b(name, rows, beta, path: Path):
-    """d_t with its 95% intervals against the theory's predicted d_t, on the table's scale (nats)."""
+def plot_d(series, beta, title, path: Path):
+    """d_t with its 95% intervals, for each (label, rows, color, x offset) of `series`, against the theory's
+    predicted d_t, on the table's scale (nats)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts, m, h = zip(*[(t, e0[0], e0[1]) for t, _, e0, _, _ in rows if e0])
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.errorbar(ts, m, yerr=h, fmt="o-", color="tab:red", capsize=4,
-                label=f"measured, {rows[0][1]} repetitions (95% t interval)")
+    for label, rows, color, dx in series:
+        ts, m, h = zip(*[(t, e0[0], e0[1]) for t, _, e0, _, _ in rows if e0])
+        ax.errorbar([t + dx for t in ts], m, yerr=h, fmt="o-", color=color, capsize=4,
+                    label=f"{label}, {rows[0][1]} repetitions (95% t interval)")
     grid = np.linspace(1, ts[-1], 50)
     ax.plot(grid, [predicted_gain(beta, t) for t in grid], "--", color="tab:blue",
             label=f"theory: -beta log2(2(t+1)/(t+2)), beta = {beta:.3f}")
     ax.set_xticks(ts)
     ax.set_xlabel("round t")
     ax.set_ylabel("L(setting 3) - L(fresh-only), nats")
-    ax.set_title(f"{name}: setting 3 against fresh-only, held-out mean NLL (paired)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +128,7 @@ def plot_b(name, rows, beta, path: Path):
 def design_b(root: Path, beta, plots: Path | None):
     print(f"## B: L(S3_t) - L(F_t) against 0 and against the predicted gain (beta = {beta:.4f} nats, a-large)")
     print()
+    finished = {}
     for name in B_CONFIGS:
         run = root / f"setting3-{name}"
         if not (run / "metrics.jsonl").exists():
@@ -147,7 +152,8 @@ def design_b(root: Path, beta, plots: Path | None):
             pred = predicted_gain(beta, t)
             rows.append((t, len(d), t_interval(d), t_interval([x - pred for x in d]), pred))
         if plots is not None:
-            plot_b(name, rows, beta, plots / name / "contrast.png")
+            plot_d([("measured", rows, "tab:red", 0)], beta,
+                   f"{name}: setting 3 against fresh-only, held-out mean NLL (paired)", plots / name / "contrast.png")
         adj0 = holm([r[2][2] if r[2] else None for r in rows])
         adjp = holm([r[3][2] if r[3] else None for r in rows])
         print(f"### {name}")
@@ -165,9 +171,50 @@ def design_b(root: Path, beta, plots: Path | None):
             print(f"| {t} | {n} | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] | {e0[2]:.4f} ({a0:.4f}) | {pred:+.3f} | "
                   f"{ep[2]:.4f} ({ap:.4f}) | {v0}; {vp} |")
         print()
+        finished[name] = (by_round, rows)
     print("Family: the 4 rounds of each config, once for each question (Holm; a round without data counts as "
           "p = 1). d < 0 means setting 3 beat fresh-only. The prediction treats beta as known; its own 95% "
           "interval scales every predicted d by the same factor.")
+    print()
+    if len(finished) == len(B_CONFIGS):
+        steps_by_passes(finished, beta, plots)
+
+
+def steps_by_passes(finished, beta, plots: Path | None):
+    """Exploratory, not in the design: what holding the passes instead of the steps changes in d_t.
+
+    Both configs share seed, split and n, so repetition k draws the same fresh plots and held-out plots in
+    both; d_t(b-passes) - d_t(b-fixed) is paired by repetition."""
+    print("## B, exploratory: steps by passes against fixed steps (cause 3 over rounds)")
+    print()
+    print("Not in the design fixed before the runs (which asked each config's d_t against 0 and the prediction); "
+          "added after both finished. Paired by repetition: both configs draw the same fresh and held-out plots.")
+    print()
+    print("| round | repetitions | d(b-passes) - d(b-fixed), nats [95% CI] | p (Holm) | "
+          "L(S3): b-passes - b-fixed | L(F): b-passes - b-fixed |")
+    print("|---|---|---|---|---|---|")
+    (bp, _), (bf, _) = finished["b-passes"], finished["b-fixed"]
+    rows = []
+    for t in B_ROUNDS:
+        (p3, pf), (f3, ff) = [[b.get(t, {}).get(c, {}) for c in ("decaying-alpha", "fresh-only")] for b in (bp, bf)]
+        reps = sorted(set(p3) & set(pf) & set(f3) & set(ff))
+        ds3 = [p3[k] - f3[k] for k in reps]
+        dfo = [pf[k] - ff[k] for k in reps]
+        rows.append((t, len(reps), t_interval([a - b for a, b in zip(ds3, dfo)]), t_interval(ds3), t_interval(dfo)))
+    adj = holm([r[2][2] if r[2] else None for r in rows])
+
+    def ci(e):
+        return f"{e[0]:+.3f} [{e[0] - e[1]:+.3f}, {e[0] + e[1]:+.3f}]" if e else "-"
+
+    for (t, n, e, es3, efo), a in zip(rows, adj):
+        print(f"| {t} | {n} | {ci(e)} | {e[2]:.4f} ({a:.4f}) | {ci(es3)} | {ci(efo)} |" if e else f"| {t} | {n} | - | - | - | - |")
+    print()
+    print("Family: the 4 rounds (Holm). A negative difference means holding 15 passes helped setting 3 against "
+          "fresh-only more than 540 fixed steps did; the last two columns split it into each chain's change.")
+    if plots is not None:
+        plot_d([(name, finished[name][1], color, dx)
+                for name, color, dx in zip(B_CONFIGS, ["tab:green", "tab:red"], [-0.04, 0.04])],
+               beta, "Setting 3 against fresh-only: 15 passes a round against 540 steps", plots / "b-contrast.png")
 
 
 def gains(run: Path):

@@ -199,13 +199,13 @@ pub(crate) fn linear_ticks(lo: f64, hi: f64, want: usize) -> Vec<f64> {
         .map(|m| m * p)
         .find(|s| *s >= raw)
         .unwrap_or(10.0 * p);
-    let mut v = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while v <= hi {
-        out.push(v);
-        v += step;
-    }
-    out
+    // Each tick is k * step for an integer k: adding `step` repeatedly drifts, and a tick meant to be 0 was
+    // labelled "-1.4e-17".
+    let first = (lo / step).ceil() as i64;
+    (first..)
+        .map(|k| k as f64 * step)
+        .take_while(|v| *v <= hi)
+        .collect()
 }
 
 fn draw_panel<'b>(
@@ -467,4 +467,20 @@ pub(crate) fn svg_to_png(svg: &str, path: &Path) -> Result<()> {
 pub(crate) fn write_plot(dir: &Path, name: &str, svg: &str) -> Result<()> {
     write_atomic(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
     svg_to_png(svg, &dir.join(format!("{name}.png")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linear_ticks;
+
+    #[test]
+    fn linear_ticks_hit_zero_exactly() {
+        // The range of a "change against round 0" chart whose ticks once read -1.4e-17 for 0.
+        let t = linear_ticks(-0.2777, 0.0335, 8);
+        assert!(t.contains(&0.0), "{t:?}");
+        assert!(t.windows(2).all(|w| w[0] < w[1]));
+        assert!(t[0] >= -0.2777 && *t.last().unwrap() <= 0.0335);
+        let steps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|s| (s - 0.05).abs() < 1e-12), "{steps:?}");
+    }
 }
