@@ -61,6 +61,11 @@ def t_interval(x):
     return x.mean(), stats.t.ppf(0.975, n - 1) * se, p
 
 
+def fmt_ci(e):
+    """A t_interval as "mean [low, high]" in nats; "-" for fewer than 2 values."""
+    return f"{e[0]:+.3f} [{e[0] - e[1]:+.3f}, {e[0] + e[1]:+.3f}]" if e else "-"
+
+
 def predicted_gain(beta, t):
     """The theory's gain of setting 3 over fresh-only at round t, in nats: its effective sample size is
     2(t+1)/(t+2) n, and beta nats are what doubling n buys."""
@@ -165,10 +170,10 @@ def design_b(root: Path, beta, plots: Path | None):
             if e0 is None:
                 print(f"| {t} | {n} | fewer than 2 repetitions | - | {pred:+.3f} | - | - |")
                 continue
-            m, h, _ = e0
+            m = e0[0]
             v0 = ("better than fresh-only" if m < 0 else "worse than fresh-only") if a0 < 0.05 else "no clear difference from fresh-only"
             vp = "excludes the prediction" if ap < 0.05 else "consistent with the prediction"
-            print(f"| {t} | {n} | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] | {e0[2]:.4f} ({a0:.4f}) | {pred:+.3f} | "
+            print(f"| {t} | {n} | {fmt_ci(e0)} | {e0[2]:.4f} ({a0:.4f}) | {pred:+.3f} | "
                   f"{ep[2]:.4f} ({ap:.4f}) | {v0}; {vp} |")
         print()
         finished[name] = (by_round, rows)
@@ -202,12 +207,9 @@ def steps_by_passes(finished, beta, plots: Path | None):
         dfo = [pf[k] - ff[k] for k in reps]
         rows.append((t, len(reps), t_interval([a - b for a, b in zip(ds3, dfo)]), t_interval(ds3), t_interval(dfo)))
     adj = holm([r[2][2] if r[2] else None for r in rows])
-
-    def ci(e):
-        return f"{e[0]:+.3f} [{e[0] - e[1]:+.3f}, {e[0] + e[1]:+.3f}]" if e else "-"
-
     for (t, n, e, es3, efo), a in zip(rows, adj):
-        print(f"| {t} | {n} | {ci(e)} | {e[2]:.4f} ({a:.4f}) | {ci(es3)} | {ci(efo)} |" if e else f"| {t} | {n} | - | - | - | - |")
+        p = f"{e[2]:.4f} ({a:.4f})" if e else "-"
+        print(f"| {t} | {n} | {fmt_ci(e)} | {p} | {fmt_ci(es3)} | {fmt_ci(efo)} |")
     print()
     print("Family: the 4 rounds (Holm). A negative difference means holding 15 passes helped setting 3 against "
           "fresh-only more than 540 fixed steps did; the last two columns split it into each chain's change.")
@@ -250,15 +252,9 @@ def main(root: Path, plots: Path | None):
             continue
         ab = np.array(list(have[name].values()))
         a, b = ab[:, 0], ab[:, 1]
-        n = len(a)
-
-        def ci(x):
-            h = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
-            return f"{x.mean():+.3f} [{x.mean() - h:+.3f}, {x.mean() + h:+.3f}]"
-
         est, iv = fieller(a, b)
         ivs = f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "[unbounded]"
-        print(f"| {name} | {n} | {ci(a)} | {ci(b)} | {est:.3f} {ivs} |")
+        print(f"| {name} | {len(a)} | {fmt_ci(t_interval(a))} | {fmt_ci(t_interval(b))} | {est:.3f} {ivs} |")
     print()
     if "toggle-today" not in have:
         return
@@ -275,7 +271,7 @@ def main(root: Path, plots: Path | None):
         if m is None:
             print(f"| {name} | {n} | not run (fewer than 2 repetitions) | - | - | - |")
             continue
-        print(f"| {name} | {n} | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] | {p:.4f} | {pa:.4f} | {'yes' if pa < 0.05 else 'no'} |")
+        print(f"| {name} | {n} | {fmt_ci((m, h))} | {p:.4f} | {pa:.4f} | {'yes' if pa < 0.05 else 'no'} |")
     print()
     print(f"Family: the {len(rows)} toggles of the design (Holm; one not run counts as p = 1). "
           "a > 0 means synthetic plots lowered held-out NLL.")
@@ -289,6 +285,6 @@ def main(root: Path, plots: Path | None):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="?", default="runs", type=Path, help="folder holding setting3-NAME run directories")
-    ap.add_argument("--plots", type=Path, help="write each finished B config's contrast.png under PLOTS/NAME/")
+    ap.add_argument("--plots", type=Path, help="write each finished B config's PLOTS/NAME/contrast.png, and PLOTS/b-contrast.png once both have finished")
     args = ap.parse_args()
     main(args.runs, args.plots)
